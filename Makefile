@@ -1,0 +1,42 @@
+# vit-lightning: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The stamp makes `make install` a no-op until pyproject.toml changes.
+STAMP := $(VENV)/.installed-stamp
+CONFIG ?= configs/cifar10.yaml
+
+.PHONY: help install test test-all lint format fit clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install the package with its dev extra (once per pyproject change)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --progress-bar off --upgrade pip
+	# torch/torchvision resolve from the registry as a matching pair; never pin the local CPU wheel.
+	$(PY) -m pip install --progress-bar off -e ".[dev]"
+	@touch $@
+
+test: install ## Run the fast test suite (everything not marked slow)
+	$(PY) -m pytest -m "not slow"
+
+test-all: install ## Run every test, including the slow ones
+	$(PY) -m pytest
+
+lint: install ## ruff check and ruff format --check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install ## Apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+fit: install ## Train the default CIFAR-10 recipe (CONFIG=... for another)
+	$(PY) -m vit_lightning fit --config $(CONFIG)
+
+clean: ## Remove caches and run outputs (keeps .venv and data/)
+	rm -rf .pytest_cache .ruff_cache lightning_logs wandb checkpoints

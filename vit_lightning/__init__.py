@@ -1,0 +1,23 @@
+"""vit-lightning: a Lightning research template for a from-scratch Vision Transformer."""
+
+from vit_lightning.vit import (
+    VisionTransformer,
+    checkpoint_filter_fn,
+    resample_abs_pos_embed,
+    vit_base_patch16_224,
+    vit_small_patch4_32,
+    vit_small_patch16_224,
+    vit_tiny_patch4_32,
+    vit_tiny_patch16_224,
+)
+
+__all__ = [
+    "VisionTransformer",
+    "checkpoint_filter_fn",
+    "resample_abs_pos_embed",
+    "vit_base_patch16_224",
+    "vit_small_patch16_224",
+    "vit_small_patch4_32",
+    "vit_tiny_patch16_224",
+    "vit_tiny_patch4_32",
+]
