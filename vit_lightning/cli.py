@@ -1,0 +1,102 @@
+"""`python -m vit_lightning {fit,validate,test,predict}`: LightningCLI with the project's wiring.
+
+What this adds to a bare LightningCLI:
+- the DataModule's num_classes, in_chans and img_size are linked into the network's arguments;
+- checkpoints go to `<default_root_dir>/checkpoints`: the best by val/acc, and a last.ckpt kept
+  current every epoch, so `--ckpt_path=last` in a new process finds them;
+- W&B writes under default_root_dir, runs offline when there are no credentials, and receives the
+  full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
+- the saved config.yaml may be overwritten, so a requeued run can write into the same directory.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from urllib.parse import urlparse
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from vit_lightning.callbacks import LastCheckpoint, PredictionWriter
+from vit_lightning.data import ImageDataModule
+from vit_lightning.module import ViTClassifier
+
+LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
+
+
+def checkpoint_dir(default_root_dir: str | None) -> str:
+    return os.path.join(default_root_dir or ".", "checkpoints")
+
+
+def wandb_has_credentials() -> bool:
+    """True if W&B could log in without prompting: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Saves config.yaml, and also sends the whole resolved config to every logger (e.g. W&B)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        # instantiation links are resolved only now: record the values the network really got
+        net_args = config["model"]["net"].setdefault("init_args", {})
+        net_args.update({k: getattr(trainer.datamodule, k) for k in LINKED_DATA_ARGS})
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+
+
+class ViTLightningCLI(LightningCLI):
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(ViTClassifier, ImageDataModule, subclass_mode_data=True, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,  # else "val/acc" makes a subfolder
+            }
+        )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        for key in ("checkpoint.dirpath", "last_checkpoint.dirpath"):
+            parser.link_arguments("trainer.default_root_dir", key, compute_fn=checkpoint_dir)
+        for key in LINKED_DATA_ARGS:
+            parser.link_arguments(
+                f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate"
+            )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        loggers = config.trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if getattr(logger, "class_path", "").endswith("WandbLogger"):
+                args = logger.init_args
+                if args.get("save_dir") in (None, "."):  # W&B's default is the cwd, not the run dir
+                    args.save_dir = config.trainer.default_root_dir or "."
+                if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
+                    args.offline = True  # never wait on a login or a server
+
+
+def main(args: list[str] | None = None) -> ViTLightningCLI:
+    try:
+        return ViTLightningCLI(args=args)
+    finally:
+        # WandbLogger leaves its run open; close it so a later run in this process starts afresh
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()

@@ -1,0 +1,166 @@
+"""The LightningModule: wraps any image classifier (our ViT by default, timm's plugs in unchanged)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class ViTClassifier(L.LightningModule):
+    """Image classification with AdamW, per-step warmup + cosine LR, label smoothing, Mixup/CutMix.
+
+    Args:
+        net: The network, (B, C, H, W) -> (B, num_classes) logits. The CLI fills its num_classes,
+            in_chans and img_size from the DataModule.
+        lr: Peak learning rate, reached after warmup.
+        weight_decay: AdamW decay for weight matrices; norms, biases and `net.no_weight_decay()`
+            parameters are not decayed.
+        betas: AdamW betas.
+        warmup_epochs: Linear warmup length, in (fractional) epochs; counted in optimizer steps.
+        min_lr: Learning rate at the end of the cosine decay.
+        label_smoothing: Cross-entropy label smoothing.
+        mixup_alpha: Mixup Beta(α, α); 0 disables.
+        cutmix_alpha: CutMix Beta(α, α); 0 disables.
+        mixup_prob: Probability of applying Mixup or CutMix to a batch.
+        mixup_switch_prob: Probability of CutMix instead of Mixup when both are enabled.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 5.0,
+        min_lr: float = 1e-5,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+    ) -> None:
+        super().__init__()
+        for name, value in [("lr", lr), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs),
+                            ("min_lr", min_lr), ("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)]:  # fmt: skip
+            if value < 0:
+                raise ValueError(f"model.{name}={value} must be >= 0")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+        # the net is saved whole in the checkpoint's state_dict; its config lives in the CLI's config
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        num_classes = net.num_classes
+        self.mixup_fn = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            from timm.data import (
+                Mixup,  # only needed for Mixup/CutMix; the model never imports timm
+            )
+
+            self.mixup_fn = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+        # one metric object per stage: they keep separate state across interleaved train/val
+        top5 = min(5, num_classes)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        if self.mixup_fn is not None:
+            x, target = self.mixup_fn(x, y)  # soft targets, smoothing already applied
+            logits = self(x)
+            loss = F.cross_entropy(logits, target)
+        else:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        # metric updates stay on device; values reach the host only when the logger asks
+        self.train_loss(loss.detach())
+        self.train_acc(logits.detach(), y)  # against the unmixed labels
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        getattr(self, f"{stage}_loss")(F.cross_entropy(logits, y))
+        getattr(self, f"{stage}_acc")(logits, y)
+        getattr(self, f"{stage}_acc_top5")(logits, y)
+        for key in ("loss", "acc", "acc_top5"):
+            self.log(f"{stage}/{key}", getattr(self, f"{stage}_{key}"), prog_bar=key == "acc")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # a few sanity batches are not a score worth remembering
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self(batch[0]).softmax(dim=-1)  # (B, num_classes) class probabilities
+
+    def configure_optimizers(self) -> dict:
+        no_decay_names = getattr(self.net, "no_weight_decay", set)()
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            # norms, biases and LayerScale gammas are 1-D; pos_embed/cls_token come by name
+            (no_decay if p.ndim <= 1 or name in no_decay_names else decay).append(p)
+        hp = self.hparams
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"  # one kernel for all parameters on GPU
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+
+        total = self.trainer.estimated_stepping_batches
+        epochs = (
+            self.trainer.max_epochs
+            if self.trainer.max_epochs and self.trainer.max_epochs > 0
+            else 1
+        )
+        warmup = round(hp.warmup_epochs * total / epochs)
+        floor = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
+
+        def lr_lambda(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
