@@ -160,3 +160,26 @@ def test_missing_dataset_fails_fast_naming_the_fix(tmp_path):
         main(["fit", "--config", str(ROOT / "configs" / "cifar10.yaml"),
               f"--data.data_dir={tmp_path}", "--data.download=false", "--trainer.logger=false",
               f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+
+
+def test_ema_weights_via_lightnings_callback(tmp_path):
+    cli = main(["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+                "--trainer.max_epochs=1", "--data.train_size=256", "--data.val_size=64",
+                "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
+                "--trainer.callbacks.decay=0.9"])  # fmt: skip
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    ema = next(c for c in cli.trainer.callbacks if isinstance(c, EMAWeightAveraging))
+    averaged = ema._average_model.module.state_dict()
+    assert ema._average_model.n_averaged.item() > 1  # updated every step, not just initialised
+    # at the end of fit Lightning copies the averaged weights into the model that gets saved
+    for k, v in cli.model.state_dict().items():
+        torch.testing.assert_close(v, averaged[k].to(v.dtype), msg=k)
+
+
+def test_a_cli_checkpoint_loads_without_a_config(smoke_run):
+    from vit_lightning.module import ViTClassifier
+
+    model = ViTClassifier.load_from_checkpoint(smoke_run / "checkpoints" / "last.ckpt").eval()
+    assert model.net.num_classes == 10 and model.net.embed_dim == 64  # rebuilt from hparams
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

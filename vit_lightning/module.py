@@ -7,6 +7,7 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -52,8 +53,10 @@ class ViTClassifier(L.LightningModule):
                 raise ValueError(f"model.{name}={value} must be >= 0")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
-        # the net is saved whole in the checkpoint's state_dict; its config lives in the CLI's config
-        self.save_hyperparameters(ignore=["net"])
+        # Built by the CLI, hparams hold net's class_path/init_args (linked values included), so
+        # `ViTClassifier.load_from_checkpoint(path)` rebuilds it. A net built in Python is not a
+        # hyperparameter: its weights are in the state_dict, and pickling it would bloat hparams.
+        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() else ["net"])
         self.net = net
         num_classes = net.num_classes
         self.mixup_fn = None
@@ -99,7 +102,10 @@ class ViTClassifier(L.LightningModule):
         self.train_acc(logits.detach(), y)  # against the unmixed labels
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # only when a log row is written
+            self.log(
+                "train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False
+            )
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
