@@ -47,6 +47,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_file = output_file
         self._writer: Any = None
         self._fh: Any = None
+        self._names: list[str] = []
 
     def path(self, trainer: L.Trainer) -> str:
         path = self.output_file or os.path.join(trainer.default_root_dir, "predictions.csv")
@@ -61,6 +62,7 @@ class PredictionWriter(BasePredictionWriter):
         self._fh = open(path, "w", newline="")  # noqa: SIM115 - spans predict hooks
         self._writer = csv.writer(self._fh)
         self._writer.writerow(["file", "class", "class_index", "probability"])
+        self._names = trainer.datamodule.predict_names()  # once, not per batch
 
     def write_on_batch_end(
         self,
@@ -72,11 +74,10 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        dm = trainer.datamodule
-        names = dm.predict_names()
+        class_names = trainer.datamodule.class_names
         prob, idx = prediction.float().max(dim=-1)
         for i, p, c in zip(batch_indices, prob.tolist(), idx.tolist(), strict=True):
-            self._writer.writerow([names[i], dm.class_names[c], c, f"{p:.6f}"])
+            self._writer.writerow([self._names[i], class_names[c], c, f"{p:.6f}"])
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fh.close()

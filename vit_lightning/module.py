@@ -102,7 +102,9 @@ class ViTClassifier(L.LightningModule):
         self.train_acc(logits.detach(), y)  # against the unmixed labels
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        if self.global_step % self.trainer.log_every_n_steps == 0:  # only when a log row is written
+        # only on steps whose row the logger writes (Lightning's own rule): a float logged every
+        # step becomes a device tensor every step, a blocking host-to-device copy on CUDA
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log(
                 "train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False
             )
