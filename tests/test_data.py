@@ -1,8 +1,6 @@
 """Specification tests for the datamodules, on tiny files in the real on-disk formats (CPU, fast)."""
 
 import gzip
-import hashlib
-import pickle
 import struct
 import tarfile
 import time
@@ -12,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cifar_files import PER_BATCH, md5, write_cifar10
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
@@ -24,38 +23,11 @@ from vit_lightning.data import (
 )
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-PER_BATCH = 20  # images per CIFAR batch file: 5 train batches -> 100 training images
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def cifar_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray, list]:
-    """A small CIFAR-10 in the real pickle format, with torchvision's md5 lists pointed at it.
-
-    Returns (data_dir, the 100 training rows (N, 3072) uint8, their labels).
-    """
-    folder = tmp_path / CIFAR10.base_folder
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    train_rows, train_labels, md5 = [], [], {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, PER_BATCH).tolist()
-        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
-        md5[name] = _md5(folder / name)
-        if name != "test_batch":
-            train_rows.append(data)
-            train_labels += labels
-    meta = folder / "batches.meta"
-    meta.write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-    # torchvision's own integrity check stays in the path; only the expected md5s change
-    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5[n]] for n, _ in CIFAR10.train_list])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(meta)})
-    return tmp_path, np.concatenate(train_rows), train_labels
+    return write_cifar10(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -189,7 +161,7 @@ def test_cifar_hand_placed_archive_is_extracted_offline(
     tar = root / CIFAR10.filename
     with tarfile.open(tar, "w:gz") as f:
         f.add(src / CIFAR10.base_folder, arcname=CIFAR10.base_folder)
-    monkeypatch.setattr(CIFAR10, "tgz_md5", _md5(tar))
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(tar))
     dm = _cifar(root)  # download=False: a valid archive in data_dir is enough
     dm.prepare_data()
     dm.setup("fit")

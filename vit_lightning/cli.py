@@ -6,7 +6,11 @@ What this adds to a bare LightningCLI:
   current every epoch, so `--ckpt_path=last` in a new process finds them;
 - W&B writes under default_root_dir, runs offline when there are no credentials, and receives the
   full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
-- the saved config.yaml may be overwritten, so a requeued run can write into the same directory.
+- the saved config.yaml may be overwritten, so a requeued run can write into the same directory;
+- `--ckpt_path=last` means the newest of last.ckpt, on_exception.ckpt and SLURM's hpc_ckpt_*.ckpt;
+- a fit that resumes keeps its W&B run (the id is persisted in default_root_dir), a fresh fit
+  gets a new one; a W&B sweep agent's WANDB_RUN_ID always wins;
+- every run's summary holds its parameter count, devices, precision, git commit, throughput.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
-from vit_lightning.callbacks import LastCheckpoint, PredictionWriter
+from vit_lightning.callbacks import LastCheckpoint, PredictionWriter, RunSummary
 from vit_lightning.data import ImageDataModule
 from vit_lightning.module import ViTClassifier
+from vit_lightning.resume import newest_checkpoint, wandb_run_id
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
 
@@ -73,6 +79,7 @@ class ViTLightningCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(RunSummary, "run_summary")
         for key in ("checkpoint.dirpath", "last_checkpoint.dirpath"):
             parser.link_arguments("trainer.default_root_dir", key, compute_fn=checkpoint_dir)
         for key in LINKED_DATA_ARGS:
@@ -82,14 +89,28 @@ class ViTLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir or "."
+        if self.subcommand and config.get("ckpt_path") == "last":
+            newest = newest_checkpoint(root, config.last_checkpoint.dirpath)
+            if newest is not None:
+                rank_zero_info(f"ckpt_path=last: resuming from {newest} (the newest checkpoint)")
+                config.ckpt_path = str(newest)
+        resuming = bool(config.get("ckpt_path")) and os.path.isfile(str(config.ckpt_path))
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "class_path", "").endswith("WandbLogger"):
                 args = logger.init_args
                 if args.get("save_dir") in (None, "."):  # W&B's default is the cwd, not the run dir
-                    args.save_dir = config.trainer.default_root_dir or "."
+                    args.save_dir = root
                 if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
                     args.offline = True  # never wait on a login or a server
+                if args.get("id") or args.get("version"):
+                    continue  # the user's choice
+                if os.environ.get("WANDB_RUN_ID"):  # set by a sweep agent: its run wins
+                    args.id = os.environ["WANDB_RUN_ID"]
+                elif self.subcommand == "fit":
+                    args.id = wandb_run_id(root, resuming)
+                    args.resume = "allow"
 
 
 def main(args: list[str] | None = None) -> ViTLightningCLI:

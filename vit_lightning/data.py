@@ -19,9 +19,10 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 from torchvision.datasets.utils import check_integrity, extract_archive
 from torchvision.transforms import v2
@@ -197,6 +198,21 @@ class ImageDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------
 
+    def _eval_sampler(self, ds: Dataset) -> Sampler | None:
+        """Under DDP, each eval sample goes to exactly one rank.
+
+        Lightning's default DistributedSampler pads the eval set with duplicates up to a multiple
+        of the world size, and those duplicates would be counted in val/test metrics. Given a
+        DistributedSampler, Lightning keeps it, so this one (no padding; ranks may get one batch
+        fewer, fine since no eval step syncs) decides. Metrics then sum exactly across ranks.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            ds, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
     def _loader(self, ds: Dataset | None, train: bool = False) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader.")
@@ -204,6 +220,7 @@ class ImageDataModule(L.LightningDataModule):
             ds,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=None if train else self._eval_sampler(ds),
             drop_last=train,
             num_workers=self.num_workers,
             # pinning without CUDA only buys a warning per loader
@@ -503,7 +520,8 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         download: Download when no local copy is found.
         val_size: Training images held out for validation.
         split_seed: Seed of the train/val split.
-        augment: RandomCrop(28, padding=2) + horizontal flip on training images.
+        augment: Training augmentation: "none", "flip" (horizontal) or "crop_flip"
+            (RandomCrop(28, padding=2), then flip).
         local_dirs: Directories searched for the idx files; default Debian's install location.
         batch_size: See `ImageDataModule`.
         num_workers: See `ImageDataModule`.
@@ -525,7 +543,7 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         download: bool = True,
         val_size: int = 5000,
         split_seed: int = 0,
-        augment: bool = True,
+        augment: Literal["none", "flip", "crop_flip"] = "flip",
         local_dirs: list[str] | None = None,
         batch_size: int = 128,
         num_workers: int = 4,
@@ -537,6 +555,8 @@ class FashionMNISTDataModule(TorchvisionDataModule):
             data_dir, download, val_size, split_seed,
             batch_size, num_workers, pin_memory, persistent_workers, predict_dir,
         )  # fmt: skip
+        if augment not in ("none", "flip", "crop_flip"):
+            raise ValueError(f"augment must be none/flip/crop_flip, got {augment!r}")
         self.augment = augment
         self.local_dirs = [DEBIAN_FASHION_MNIST_DIR] if local_dirs is None else list(local_dirs)
         self.class_names = list(FASHION_MNIST_CLASSES)
@@ -547,9 +567,9 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         return self.root / FashionMNIST.__name__ / "raw"
 
     def _augmentations(self) -> tuple[list[v2.Transform], list[v2.Transform]]:
-        return (
-            [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()] if self.augment else []
-        ), []
+        crop = [v2.RandomCrop(28, padding=2)] if self.augment == "crop_flip" else []
+        flip = [v2.RandomHorizontalFlip()] if self.augment != "none" else []
+        return crop + flip, []
 
     def _prepare_local(self) -> bool:
         if all((self.raw_dir / f).is_file() for f in self.files):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -30,6 +32,11 @@ class ViTClassifier(L.LightningModule):
         cutmix_alpha: CutMix Beta(α, α); 0 disables.
         mixup_prob: Probability of applying Mixup or CutMix to a batch.
         mixup_switch_prob: Probability of CutMix instead of Mixup when both are enabled.
+        lr_scaling: How `lr` and `min_lr` follow the global batch size (per-device batch x
+            devices x nodes x gradient accumulation): "none" uses them as given; "linear" or
+            "sqrt" treats them as tuned for `base_batch_size` and scales by the ratio (or its
+            square root). The global batch size and the lr used are printed at the start of fit.
+        base_batch_size: The global batch size `lr` was tuned for; only used with lr_scaling.
     """
 
     def __init__(
@@ -45,12 +52,18 @@ class ViTClassifier(L.LightningModule):
         cutmix_alpha: float = 0.0,
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
+        lr_scaling: Literal["none", "linear", "sqrt"] = "none",
+        base_batch_size: int = 256,
     ) -> None:
         super().__init__()
         for name, value in [("lr", lr), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs),
                             ("min_lr", min_lr), ("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)]:  # fmt: skip
             if value < 0:
                 raise ValueError(f"model.{name}={value} must be >= 0")
+        if lr_scaling not in ("none", "linear", "sqrt"):
+            raise ValueError(f"model.lr_scaling={lr_scaling!r} must be none, linear or sqrt")
+        if base_batch_size < 1:
+            raise ValueError(f"model.base_batch_size={base_batch_size} must be >= 1")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
         # Built by the CLI, hparams hold net's class_path/init_args (linked values included), so
@@ -113,7 +126,8 @@ class ViTClassifier(L.LightningModule):
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
         logits = self(x)
-        getattr(self, f"{stage}_loss")(F.cross_entropy(logits, y))
+        # per-sample losses: the mean weighs every image once, whatever the batch (or rank) split
+        getattr(self, f"{stage}_loss")(F.cross_entropy(logits, y, reduction="none"))
         getattr(self, f"{stage}_acc")(logits, y)
         getattr(self, f"{stage}_acc_top5")(logits, y)
         for key in ("loss", "acc", "acc_top5"):
@@ -136,6 +150,37 @@ class ViTClassifier(L.LightningModule):
     ) -> torch.Tensor:
         return self(batch[0]).softmax(dim=-1)  # (B, num_classes) class probabilities
 
+    @property
+    def global_batch_size(self) -> int | None:
+        """Samples per optimizer step over all devices, when the DataModule's batch_size is known."""
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if batch_size is None:
+            return None
+        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def _scaled_lr(self) -> tuple[float, float]:
+        """(lr, min_lr) after `lr_scaling` for the global batch size; logged once on rank 0."""
+        hp, gbs = self.hparams, self.global_batch_size
+        if hp.lr_scaling == "none" or gbs is None:
+            if hp.lr_scaling != "none":
+                raise ValueError(
+                    f"model.lr_scaling={hp.lr_scaling!r} needs the DataModule's batch_size to "
+                    "compute the global batch size; set model.lr_scaling=none and scale lr by hand"
+                )
+            factor = 1.0
+        else:
+            factor = gbs / hp.base_batch_size
+            factor = factor if hp.lr_scaling == "linear" else math.sqrt(factor)
+        t = self.trainer
+        if gbs is not None:
+            rank_zero_info(
+                f"Global batch size {gbs} = {t.datamodule.batch_size} per device x "
+                f"{t.world_size} devices x {t.accumulate_grad_batches} accumulation; lr "
+                f"{hp.lr:g} -> {hp.lr * factor:g} (lr_scaling={hp.lr_scaling}"
+                + (f", base_batch_size={hp.base_batch_size})" if hp.lr_scaling != "none" else ")")
+            )
+        return hp.lr * factor, hp.min_lr * factor
+
     def configure_optimizers(self) -> dict:
         no_decay_names = getattr(self.net, "no_weight_decay", set)()
         decay, no_decay = [], []
@@ -145,12 +190,13 @@ class ViTClassifier(L.LightningModule):
             # norms, biases and LayerScale gammas are 1-D; pos_embed/cls_token come by name
             (no_decay if p.ndim <= 1 or name in no_decay_names else decay).append(p)
         hp = self.hparams
+        lr, min_lr = self._scaled_lr()
         groups = [
             {"params": decay, "weight_decay": hp.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
         fused = self.device.type == "cuda"  # one kernel for all parameters on GPU
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
 
         total = self.trainer.estimated_stepping_batches
         epochs = (
@@ -159,7 +205,7 @@ class ViTClassifier(L.LightningModule):
             else 1
         )
         warmup = round(hp.warmup_epochs * total / epochs)
-        floor = hp.min_lr / hp.lr if hp.lr > 0 else 0.0
+        floor = min_lr / lr if lr > 0 else 0.0
 
         def lr_lambda(step: int) -> float:
             if step < warmup:

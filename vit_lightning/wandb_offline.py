@@ -53,7 +53,8 @@ def read_offline_run(run_dir: str) -> dict:
     """Config, history rows and summary of an offline run folder.
 
     Returns:
-        {"id": run id, "config": nested dict, "history": [row dicts], "summary": dict}.
+        {"id", "group", "job_type", "tags", "config": nested dict, "history": [row dicts],
+        "summary": dict}.
     """
     from wandb.proto import wandb_internal_pb2
 
@@ -62,13 +63,15 @@ def read_offline_run(run_dir: str) -> dict:
         raise FileNotFoundError(
             f"no run-*.wandb file in {run_dir}; is it an offline W&B run folder?"
         )
-    run = {"id": None, "config": {}, "history": [], "summary": {}}
+    run = {"id": None, "group": "", "job_type": "", "tags": [], "config": {}, "history": [],
+           "summary": {}}  # fmt: skip
     for raw in iter_records(files[0]):
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             run["id"] = rec.run.run_id
+            run.update(group=rec.run.run_group, job_type=rec.run.job_type, tags=list(rec.run.tags))
             run["config"].update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
         elif kind == "config":
             run["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})

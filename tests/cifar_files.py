@@ -1,0 +1,41 @@
+"""A tiny CIFAR-10 in the real on-disk format, read through torchvision's own reader."""
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torchvision.datasets import CIFAR10
+
+PER_BATCH = 20  # images per CIFAR batch file: 5 train batches -> 100 training images
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray, list]:
+    """Write `cifar-10-batches-py/` under root, pointing torchvision's md5 lists at its files.
+
+    Returns (data_dir, the 100 training rows (N, 3072) uint8, their labels).
+    """
+    folder = root / CIFAR10.base_folder
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    train_rows, train_labels, sums = [], [], {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, PER_BATCH).tolist()
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+        sums[name] = md5(folder / name)
+        if name != "test_batch":
+            train_rows.append(data)
+            train_labels += labels
+    meta = folder / "batches.meta"
+    meta.write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    # torchvision's own integrity check stays in the path; only the expected md5s change
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, sums[n]] for n, _ in CIFAR10.train_list])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", sums["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(meta)})
+    return root, np.concatenate(train_rows), train_labels
