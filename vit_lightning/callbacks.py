@@ -16,10 +16,12 @@ from lightning.pytorch.loggers import WandbLogger
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """Writes `last.ckpt` at the end of every epoch (and every N steps if asked).
+    """Writes `last.ckpt` at the end of every epoch, and every N optimizer steps if asked.
 
     A ModelCheckpoint that monitors a metric refreshes its `save_last` file only when the metric
     improves, so `last.ckpt` goes stale. This one monitors nothing: it always saves, in place.
+    Lightning makes step and epoch triggers exclusive; here the step trigger is added to the epoch
+    one, and skipped on an epoch's last batch, whose save comes right after validation.
 
     Args:
         dirpath: Directory of `last.ckpt`; the CLI sets it to `<default_root_dir>/checkpoints`.
@@ -27,14 +29,20 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps={every_n_train_steps} must be >= 0")
         super().__init__(
             dirpath=dirpath,
             filename=self.CHECKPOINT_NAME_LAST,
             monitor=None,
             save_top_k=1,
-            every_n_train_steps=every_n_train_steps or None,
             enable_version_counter=False,
         )
+        self._every_n_train_steps = every_n_train_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, *args)
 
 
 class PredictionWriter(BasePredictionWriter):

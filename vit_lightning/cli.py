@@ -24,12 +24,20 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from vit_lightning.callbacks import LastCheckpoint, PredictionWriter, RunSummary
 from vit_lightning.data import ImageDataModule
+from vit_lightning.faults import (
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    Preemption,
+    UserError,
+    preempted_by,
+)
 from vit_lightning.module import ViTClassifier
-from vit_lightning.resume import newest_checkpoint, wandb_run_id
+from vit_lightning.resume import RNGState, newest_checkpoint, wandb_run_id
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
 
@@ -80,12 +88,30 @@ class ViTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(RunSummary, "run_summary")
-        for key in ("checkpoint.dirpath", "last_checkpoint.dirpath"):
+        parser.add_lightning_class_args(Preemption, "preemption")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
+        for key in ("checkpoint.dirpath", "last_checkpoint.dirpath", "preemption.dirpath"):
             parser.link_arguments("trainer.default_root_dir", key, compute_fn=checkpoint_dir)
         for key in LINKED_DATA_ARGS:
             parser.link_arguments(
                 f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate"
             )
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as e:
+            # a value out of range, caught by a constructor: report it like a parse error
+            self.parser.error(f"invalid configuration: {_origin(e)}{e}")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = self._get(self.config_init, "trainer", default={})
+        listify = lambda v: [] if v is None else list(v) if isinstance(v, list) else [v]  # noqa: E731
+        kwargs.setdefault("callbacks", [*listify(trainer.get("callbacks")), RNGState()])
+        plugins = listify(trainer.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -113,9 +139,27 @@ class ViTLightningCLI(LightningCLI):
                     args.resume = "allow"
 
 
+def _origin(e: BaseException) -> str:
+    """'VisionTransformer: ' for an error raised in VisionTransformer's constructor, etc."""
+    tb, name = e.__traceback__, ""
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
+            name = type(frame.f_locals["self"]).__name__
+        tb = tb.tb_next
+    return f"{name}: " if name else ""
+
+
 def main(args: list[str] | None = None) -> ViTLightningCLI:
     try:
         return ViTLightningCLI(args=args)
+    except UserError as e:  # a message that says what to do: no traceback needed
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+    except SystemExit as e:
+        if preempted_by() is not None and not e.code:  # Lightning exits 0 on SIGTERM
+            raise SystemExit(128 + preempted_by()) from e
+        raise
     finally:
         # WandbLogger leaves its run open; close it so a later run in this process starts afresh
         wandb = sys.modules.get("wandb")

@@ -27,6 +27,8 @@ from torchvision.datasets import CIFAR10, FashionMNIST, VisionDataset
 from torchvision.datasets.utils import check_integrity, extract_archive
 from torchvision.transforms import v2
 
+from vit_lightning.loader import ResumableLoader, ResumableSampler, SeededView
+
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -216,17 +218,37 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset | None, train: bool = False) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader.")
-        return DataLoader(
-            ds,
+        kwargs = dict(
             batch_size=self.batch_size,
-            shuffle=train,
-            sampler=None if train else self._eval_sampler(ds),
-            drop_last=train,
             num_workers=self.num_workers,
             # pinning without CUDA only buys a warning per loader
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            # an own generator: creating an iterator must not draw from the global RNG, or a
+            # resumed run (which builds its iterators at other moments) would diverge
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if not train:
+            return DataLoader(ds, sampler=self._eval_sampler(ds), **kwargs)
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        sampler = ResumableSampler(ds, world, rank, shuffle=True, seed=self.seed)
+        return ResumableLoader(
+            SeededView(ds, self.seed), sampler=sampler, drop_last=True,
+            batches_done=self._train_batches_done, **kwargs,
+        )  # fmt: skip
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (`seed_everything`, which LightningCLI calls), else 0."""
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _train_batches_done(self) -> int:
+        """Batches of the current epoch that training has consumed (for resuming mid-epoch)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -1,11 +1,16 @@
-"""Where a run picks up after a restart: its newest checkpoint and its W&B run id."""
+"""Where a run picks up after a restart: its newest checkpoint, its W&B run id, its RNG state."""
 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 RUN_ID_FILE = "wandb-run-id"
@@ -46,3 +51,40 @@ def wandb_run_id(root: str | Path, resuming: bool) -> str | None:
     tmp.write_text(run_id + "\n")
     os.replace(tmp, path)  # atomic: a reader sees the old id or the new one, never half
     return run_id
+
+
+class RNGState(Callback):
+    """Saves the RNG streams training draws from (torch CPU and CUDA, numpy, Python) in every
+    checkpoint, and restores them on resume. Lightning saves none of them.
+
+    With data loading keyed by (seed, epoch, index) (see `vit_lightning.loader`), these streams
+    feed only the model's randomness: dropout, DropPath and timm's Mixup (numpy). Under DDP every
+    rank is seeded alike by `seed_everything`, so rank 0's state is every rank's state. Stored as
+    tensors and ints, so checkpoints still load with `weights_only=True`.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },  # fmt: skip
+            "python": list(random.getstate()[1]),
+            "python_gauss": random.getstate()[2],
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        keys = n["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
+        random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
