@@ -1,7 +1,6 @@
 """Specification tests for the datamodules, on tiny files in the real on-disk formats (CPU, fast)."""
 
 import gzip
-import struct
 import tarfile
 import time
 import urllib.request
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cifar_files import PER_BATCH, md5, write_cifar10
+from data_files import PER_BATCH, md5, write_cifar10, write_idx
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
@@ -182,23 +181,9 @@ def test_cifar_corrupt_file_names_directory(cifar_dir) -> None:
 # -- Fashion-MNIST ------------------------------------------------------------------------------
 
 
-def _write_idx(folder: Path, n_train: int = 30, n_test: int = 10) -> None:
-    """The four Fashion-MNIST files, gzipped, with real idx headers (2051 images, 2049 labels)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        images = (
-            struct.pack(">IIII", 2051, n, 28, 28)
-            + rng.integers(0, 256, n * 784).astype(np.uint8).tobytes()
-        )
-        labels = struct.pack(">II", 2049, n) + (np.arange(n) % 10).astype(np.uint8).tobytes()
-        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
-        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
-
-
 def test_fashion_mnist_copies_local_idx_files(tmp_path: Path) -> None:
     local, data = tmp_path / "local", tmp_path / "data"
-    _write_idx(local)
+    write_idx(local)
     dm = FashionMNISTDataModule(
         str(data), download=False, val_size=6, local_dirs=[str(local)], batch_size=4, num_workers=0
     )

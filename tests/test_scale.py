@@ -206,7 +206,7 @@ def test_wandb_summary_records_what_makes_runs_comparable(tmp_path):
 
 
 def test_a_sweep_command_line_parses_and_runs(tmp_path, monkeypatch):
-    from cifar_files import write_cifar10
+    from data_files import write_cifar10
 
     sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / "cifar10.yaml").read_text())
     assert sweep["method"] in ("grid", "random", "bayes")

@@ -181,6 +181,24 @@ class ViTClassifier(L.LightningModule):
             )
         return hp.lr * factor, hp.min_lr * factor
 
+    def _stepping_batches(self) -> int:
+        """Optimizer steps in the whole fit, as Lightning's `estimated_stepping_batches`.
+
+        Lightning's property builds the train loader inside `configure_optimizers`, before a
+        resumed run's checkpoint is restored, so a stateful loader never gets its state back (it
+        would restart the epoch from its first batch). Counting `len()` of a fresh loader instead
+        needs no iterator and leaves Lightning's own loader to be built after the restore.
+        """
+        t = self.trainer
+        dm = t.datamodule
+        if dm is None or not hasattr(dm, "train_dataloader") or t.max_epochs in (None, -1):
+            return t.estimated_stepping_batches
+        batches = len(dm.train_dataloader())
+        limit = t.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        steps = math.ceil(batches / t.accumulate_grad_batches) * max(t.max_epochs, 1)
+        return min(steps, t.max_steps) if t.max_steps != -1 else steps
+
     def configure_optimizers(self) -> dict:
         no_decay_names = getattr(self.net, "no_weight_decay", set)()
         decay, no_decay = [], []
@@ -198,7 +216,7 @@ class ViTClassifier(L.LightningModule):
         fused = self.device.type == "cuda"  # one kernel for all parameters on GPU
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
 
-        total = self.trainer.estimated_stepping_batches
+        total = self._stepping_batches()
         epochs = (
             self.trainer.max_epochs
             if self.trainer.max_epochs and self.trainer.max_epochs > 0

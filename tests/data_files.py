@@ -1,7 +1,9 @@
-"""A tiny CIFAR-10 in the real on-disk format, read through torchvision's own reader."""
+"""Tiny CIFAR-10 and Fashion-MNIST files in the real on-disk formats, for torchvision to read."""
 
+import gzip
 import hashlib
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +41,17 @@ def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", sums["test_batch"]]])
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(meta)})
     return root, np.concatenate(train_rows), train_labels
+
+
+def write_idx(folder: Path, n_train: int = 30, n_test: int = 10) -> None:
+    """The four Fashion-MNIST files, gzipped, with real idx headers (2051 images, 2049 labels)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = (
+            struct.pack(">IIII", 2051, n, 28, 28)
+            + rng.integers(0, 256, n * 784).astype(np.uint8).tobytes()
+        )
+        labels = struct.pack(">II", 2049, n) + (np.arange(n) % 10).astype(np.uint8).tobytes()
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))

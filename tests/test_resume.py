@@ -1,0 +1,183 @@
+"""A resumed run is the same run: bit-identical weights, optimizer state and per-step losses after
+real kills (SIGKILL, SIGTERM) at epoch boundaries, mid-epoch and on an epoch's last batch.
+
+Every run is a fresh `python -m vit_lightning fit` process on tiny Fashion-MNIST idx files with
+every source of randomness switched on: crop+flip augmentation, DropPath, Mixup/CutMix (numpy).
+"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from data_files import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH = 7  # 300 images - 60 val = 240 train, batch 32, drop_last
+EPOCHS = 3
+
+CONFIG = """
+seed_everything: 7
+trainer:
+  max_epochs: {epochs}
+  accelerator: cpu
+  devices: 1
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {root}}}
+model:
+  net:
+    class_path: vit_lightning.VisionTransformer
+    init_args: {{patch_size: 7, embed_dim: 32, depth: 2, num_heads: 2, drop_path_rate: 0.2}}
+  warmup_epochs: 1
+  mixup_alpha: 0.8
+  cutmix_alpha: 1.0
+  mixup_prob: 0.7
+data:
+  class_path: vit_lightning.data.FashionMNISTDataModule
+  init_args:
+    data_dir: {root}/data
+    download: false
+    local_dirs: [{idx}]
+    val_size: 60
+    augment: crop_flip
+    batch_size: 32
+    num_workers: {workers}
+"""
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fmnist") / "idx"
+    write_idx(folder, n_train=300, n_test=20)
+    return folder
+
+
+def _config(root: Path, idx: Path, workers: int = 0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "run.yaml"
+    path.write_text(CONFIG.format(epochs=EPOCHS, root=root, idx=idx, workers=workers))
+    return path
+
+
+def _cmd(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vit_lightning", "fit", "--config", str(root / "run.yaml"),
+            f"--trainer.default_root_dir={root}", *extra]  # fmt: skip
+
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "PYTHONWARNINGS": "ignore"}
+
+
+def _run(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(root, *extra), env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def _signal_at(step: int, sig: str) -> list[str]:
+    return ["--trainer.callbacks+=signal_at.SignalAt", f"--trainer.callbacks.step={step}",
+            f"--trainer.callbacks.sig={sig}"]  # fmt: skip
+
+
+def _losses(root: Path) -> dict[int, str]:
+    """step -> train/loss_step, as written (full float repr), over all CSV versions of a run."""
+    out = {}
+    for path in sorted(root.glob("lightning_logs/version_*/metrics.csv")):
+        for row in csv.DictReader(path.read_text().splitlines()):
+            if row.get("train/loss_step"):
+                out[int(row["step"])] = row["train/loss_step"]
+    return out
+
+
+def _assert_same_run(resumed: Path, straight: Path) -> int:
+    """Final checkpoints bit-identical; per-step losses identical. Returns steps compared."""
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (b["epoch"], b["global_step"]) == (a["epoch"], a["global_step"])
+    for k, v in a["state_dict"].items():
+        assert torch.equal(b["state_dict"][k], v), f"weights differ: {k}"
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(),
+                      b["optimizer_states"][0]["state"].values(), strict=True):  # fmt: skip
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"optimizer state differs: {k}"
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    la, lb = _losses(straight), _losses(resumed)
+    assert len(la) == EPOCHS * STEPS_PER_EPOCH and set(lb) <= set(la)
+    assert {s: la[s] for s in lb} == lb  # every step the resumed runs logged
+    return len(lb)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, idx_dir) -> Path:
+    """The uninterrupted run everything is compared with."""
+    root = tmp_path_factory.mktemp("straight")
+    _config(root, idx_dir)
+    proc = _run(root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_workers_do_not_change_the_run(straight, tmp_path, idx_dir):
+    # augmentation is keyed by (seed, epoch, index), not by which process draws it
+    _config(tmp_path, idx_dir, workers=2)
+    proc = _run(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(tmp_path, straight)
+
+
+@pytest.mark.parametrize(
+    "kill_step,sig,extra",
+    [
+        # after epoch 1's end-of-epoch checkpoint, at the first batch of epoch 2
+        (2 * STEPS_PER_EPOCH, "SIGKILL", []),
+        # mid-epoch: last.ckpt every 3 steps (step 9 = epoch 1, batch 1), killed at step 11
+        (11, "SIGKILL", ["--last_checkpoint.every_n_train_steps=3"]),
+        # SIGTERM during an epoch's last batch: saved there, exit 143; the next epoch is not skipped
+        (STEPS_PER_EPOCH - 1, "SIGTERM", []),
+        # SIGUSR1 mid-epoch (not on SLURM): saved after the batch, exit 138
+        (4, "SIGUSR1", []),
+    ],
+    ids=["epoch-boundary-kill", "mid-epoch-kill", "last-batch-term", "mid-epoch-usr1"],
+)
+def test_killed_and_resumed_run_is_bit_identical(
+    straight, tmp_path, idx_dir, kill_step, sig, extra
+):
+    _config(tmp_path, idx_dir)
+    first = _run(tmp_path, *extra, *_signal_at(kill_step, sig))
+    expected_rc = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 128 + signal.SIGTERM,
+                   "SIGUSR1": 128 + signal.SIGUSR1}[sig]  # fmt: skip
+    assert first.returncode == expected_rc, first.stderr[-3000:]
+    if sig != "SIGKILL":
+        assert "--ckpt_path=last" in first.stderr + first.stdout  # says how to continue
+        saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+        assert saved["global_step"] == kill_step + 1  # the batch in flight finished, then saved
+    again = _run(tmp_path, *extra, "--ckpt_path=last")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _assert_same_run(tmp_path, straight) > 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_real_signal_from_outside_then_resume(straight, tmp_path, idx_dir, sig):
+    """The scheduler's view: a signal at a moment the run does not choose."""
+    _config(tmp_path, idx_dir)
+    proc = subprocess.Popen(_cmd(tmp_path, "--last_checkpoint.every_n_train_steps=2"), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere after the first save
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal landed")  # a very fast machine
+    assert proc.returncode in (-sig, 128 + sig), err[-3000:]
+    again = _run(tmp_path, "--last_checkpoint.every_n_train_steps=2", "--ckpt_path=last")
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_same_run(tmp_path, straight)
