@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
 import sys
 from urllib.parse import urlparse
 
@@ -25,7 +26,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from vit_lightning.callbacks import LastCheckpoint, PredictionWriter, RunSummary
 from vit_lightning.data import ImageDataModule
@@ -34,6 +35,7 @@ from vit_lightning.faults import (
     NonFiniteGuard,
     Preemption,
     UserError,
+    corrupt_checkpoint,
     preempted_by,
 )
 from vit_lightning.module import ViTClassifier
@@ -50,10 +52,25 @@ def wandb_has_credentials() -> bool:
     """True if W&B could log in without prompting: an API key in the environment or in ~/.netrc."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    host = urlparse(wandb_url()).hostname
     try:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the W&B server opens within `timeout` seconds."""
+    url = urlparse(wandb_url())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
         return False
 
 
@@ -97,6 +114,14 @@ class ViTLightningCLI(LightningCLI):
                 f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate"
             )
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters first: name the file if it is damaged
+        try:
+            super()._parse_ckpt_path()
+        except Exception as e:
+            config = self.config[self.config.subcommand]
+            raise corrupt_checkpoint(config.get("ckpt_path"), e) from e
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -130,6 +155,12 @@ class ViTLightningCLI(LightningCLI):
                     args.save_dir = root
                 if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
                     args.offline = True  # never wait on a login or a server
+                elif not args.get("offline") and not wandb_reachable():
+                    rank_zero_warn(
+                        f"W&B server {wandb_url()} is unreachable: logging offline to "
+                        f"{root}/wandb. Upload later with `wandb sync {root}/wandb/offline-run-*`."
+                    )
+                    args.offline = True  # wandb.init would wait 90 s, then fail the run
                 if args.get("id") or args.get("version"):
                     continue  # the user's choice
                 if os.environ.get("WANDB_RUN_ID"):  # set by a sweep agent: its run wins

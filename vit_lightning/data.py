@@ -11,6 +11,7 @@ import gzip
 import os
 import shutil
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,6 +131,10 @@ class ImageDataModule(L.LightningDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0"
+            )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -334,6 +339,23 @@ class SyntheticDataModule(ImageDataModule):
         return self._split(self.hparams.test_size, 3)
 
 
+def idx_problem(path: Path) -> str | None:
+    """Why an uncompressed idx file (MNIST format) is unreadable, or None if its header and size
+    agree: magic 0x0000 08 <ndim>, ndim big-endian int32 sizes, then uint8 data."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+            return "not an idx file of uint8 (bad magic number)"
+        dims = f.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        return "truncated header"
+    n = 1
+    for d in struct.unpack(f">{head[3]}I", dims):
+        n *= d
+    expected, size = 4 + 4 * head[3] + n, path.stat().st_size
+    return None if size == expected else f"{size} bytes, its header says {expected}: truncated"
+
+
 @contextmanager
 def _socket_timeout(seconds: float) -> Iterator[None]:
     """Bound every socket operation while downloading (unless a default is already set)."""
@@ -428,10 +450,20 @@ class TorchvisionDataModule(ImageDataModule):
         try:
             return self.dataset_cls(str(self.root), train=train, transform=transform)
         except Exception as e:  # torchvision: "Dataset not found or corrupted", or a read error
+            damaged = self._damaged_files()
+            what = (
+                "; ".join(f"{path} ({why})" for path, why in damaged)
+                if damaged
+                else f"files in {self.root}"
+            )
             raise RuntimeError(
-                f"{self.dataset_name} files in {self.root} are missing or corrupted ({e}). "
+                f"{self.dataset_name} {what}: missing or corrupted ({e}). "
                 f"Delete the damaged files and retry. {self._fix()}"
             ) from e
+
+    def _damaged_files(self) -> list[tuple[Path, str]]:
+        """(file, reason) for each present but unreadable data file; used in error messages."""
+        return []
 
     def _fit_datasets(self) -> tuple[Dataset, Dataset]:
         # two dataset objects over the same files: val must see eval transforms, not augmentations
@@ -522,6 +554,19 @@ class CIFAR10DataModule(TorchvisionDataModule):
 
     def _archives(self) -> list[tuple[Path, str]]:
         return [(self.root / CIFAR10.filename, CIFAR10.tgz_md5)]
+
+    def _damaged_files(self) -> list[tuple[Path, str]]:
+        folder = self.root / CIFAR10.base_folder
+        files = [
+            *CIFAR10.train_list,
+            *CIFAR10.test_list,
+            [CIFAR10.meta["filename"], CIFAR10.meta["md5"]],
+        ]
+        return [
+            (folder / name, "checksum mismatch: truncated or altered")
+            for name, md5 in files
+            if (folder / name).is_file() and not check_integrity(str(folder / name), md5)
+        ]
 
     def _fix_hint(self) -> str:
         return (
@@ -620,6 +665,14 @@ class FashionMNISTDataModule(TorchvisionDataModule):
 
     def _archives(self) -> list[tuple[Path, str]]:
         return [(self.raw_dir / name, md5) for name, md5 in FashionMNIST.resources]
+
+    def _damaged_files(self) -> list[tuple[Path, str]]:
+        bad = []
+        for name in self.files:
+            path = self.raw_dir / name
+            if path.is_file() and (why := idx_problem(path)):
+                bad.append((path, why))
+        return bad
 
     def _fix_hint(self) -> str:
         return (

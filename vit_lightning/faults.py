@@ -63,11 +63,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             raise
         except Exception as e:  # zip reader, unpickling, EOF: all mean a damaged file
-            raise UserError(
-                f"Checkpoint {str(path)!r} is corrupt or truncated and cannot be loaded "
-                f"({type(e).__name__}: {e}). Delete or move it and resume from another one "
-                "(e.g. --ckpt_path=<dir>/best-....ckpt), or start afresh without --ckpt_path."
-            ) from e
+            raise corrupt_checkpoint(path, e) from e
+
+
+def corrupt_checkpoint(path: str | Path, e: BaseException) -> UserError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return UserError(
+        f"Checkpoint {str(path)!r} is corrupt or truncated and cannot be loaded "
+        f"({type(e).__name__}: {first}). Delete or move it and resume from another one "
+        "(e.g. --ckpt_path=<dir>/best-....ckpt), or start afresh without --ckpt_path."
+    )
 
 
 # the signal that stopped the run, if any: `main` turns it into the exit status (128 + signum)
