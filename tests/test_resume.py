@@ -123,6 +123,7 @@ def straight(tmp_path_factory, idx_dir) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_the_run(straight, tmp_path, idx_dir):
     # augmentation is keyed by (seed, epoch, index), not by which process draws it
     _config(tmp_path, idx_dir, workers=2)
@@ -162,7 +163,9 @@ def test_killed_and_resumed_run_is_bit_identical(
     assert _assert_same_run(tmp_path, straight) > 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM]
+)
 def test_a_real_signal_from_outside_then_resume(straight, tmp_path, idx_dir, sig):
     """The scheduler's view: a signal at a moment the run does not choose."""
     _config(tmp_path, idx_dir)

@@ -165,9 +165,11 @@ def test_slurm_requeue_resumes_from_the_hpc_checkpoint_into_the_same_wandb_run(t
     hpc_step = torch.load(hpc, weights_only=False)["global_step"]
     assert 8 <= hpc_step < 5 * 8  # preempted after epoch 0, before the end
 
+    assert proc.returncode == 128 + 15  # SLURM's SIGTERM also saved last.ckpt, after the hpc one
     again = subprocess.run(cmd, env=env_all, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]  # config.yaml exists: no crash
-    assert f"resuming from {hpc}" in again.stdout + again.stderr
+    newest = max([hpc, last], key=lambda p: p.stat().st_mtime_ns)
+    assert f"resuming from {newest}" in again.stdout + again.stderr
     final = torch.load(last, weights_only=False)
     assert final["epoch"] == 4 and final["global_step"] == 5 * 8
     ids = {read_offline_run(r)["id"] for r in glob.glob(str(root / "wandb" / "offline-run-*"))}
