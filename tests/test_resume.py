@@ -175,7 +175,7 @@ def test_a_real_signal_from_outside_then_resume(straight, tmp_path, idx_dir, sig
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # somewhere after the first save
+    time.sleep(0.1)  # somewhere after the first save
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     if proc.returncode == 0:
