@@ -39,6 +39,7 @@ from vit_lightning.faults import (
     preempted_by,
 )
 from vit_lightning.module import ViTClassifier
+from vit_lightning.pictures import ValPictures
 from vit_lightning.resume import RNGState, newest_checkpoint, wandb_run_id
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
@@ -107,6 +108,7 @@ class ViTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(RunSummary, "run_summary")
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
+        parser.add_lightning_class_args(ValPictures, "val_pictures")
         for key in ("checkpoint.dirpath", "last_checkpoint.dirpath", "preemption.dirpath"):
             parser.link_arguments("trainer.default_root_dir", key, compute_fn=checkpoint_dir)
         for key in LINKED_DATA_ARGS:

@@ -12,7 +12,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 
 class ViTClassifier(L.LightningModule):
@@ -95,6 +95,7 @@ class ViTClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.val_acc_best = MaxMetric()
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)  # for ValPictures
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -130,8 +131,13 @@ class ViTClassifier(L.LightningModule):
         getattr(self, f"{stage}_loss")(F.cross_entropy(logits, y, reduction="none"))
         getattr(self, f"{stage}_acc")(logits, y)
         getattr(self, f"{stage}_acc_top5")(logits, y)
+        if stage == "val":
+            self.val_confmat.update(logits, y)
         for key in ("loss", "acc", "acc_top5"):
             self.log(f"{stage}/{key}", getattr(self, f"{stage}_{key}"), prog_bar=key == "acc")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_confmat.reset()  # not logged through self.log, so nobody else resets it
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
