@@ -194,7 +194,10 @@ def main(args: list[str] | None = None) -> ViTLightningCLI:
             raise SystemExit(128 + preempted_by()) from e
         raise
     finally:
-        # WandbLogger leaves its run open; close it so a later run in this process starts afresh
+        # WandbLogger leaves its run open; close it so a later run in this process starts afresh,
+        # and stop W&B's service so the run files are complete when main() returns (finish()
+        # alone can return before the offline writer has flushed: seen as missing records)
         wandb = sys.modules.get("wandb")
         if wandb is not None and wandb.run is not None:
             wandb.finish()
+            wandb.teardown()
