@@ -59,14 +59,16 @@ class ValPictures(Callback):
             )
         return self._batch
 
-    def figures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    def figures(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, confmat: torch.Tensor | None
+    ) -> dict[str, Any]:
         """name -> matplotlib Figure (rank 0 only calls this)."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         dm = trainer.datamodule
         figs: dict[str, Any] = {}
-        if (confmat := getattr(pl_module, "_val_confmat_value", None)) is not None:
+        if confmat is not None:
             figs["confusion_matrix"] = confusion_figure(confmat, dm.class_names)
         batch = self._fixed_batch(trainer)
         if batch is None:
@@ -100,13 +102,13 @@ class ValPictures(Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         # every rank computes (the metric syncs across ranks); only rank 0 draws
-        confmat = getattr(pl_module, "val_confmat", None)
-        pl_module._val_confmat_value = confmat.compute().cpu() if confmat is not None else None
+        metric = getattr(pl_module, "val_confmat", None)
+        confmat = metric.compute().cpu() if metric is not None else None
         if not trainer.is_global_zero:
             return
         import matplotlib.pyplot as plt
 
-        for name, fig in self.figures(trainer, pl_module).items():
+        for name, fig in self.figures(trainer, pl_module, confmat).items():
             log_figure(trainer, f"val/{name}", fig)
             plt.close(fig)
 
