@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -29,6 +29,7 @@ from torchvision.datasets.utils import check_integrity, extract_archive
 from torchvision.transforms import v2
 
 from vit_lightning.loader import ResumableLoader, ResumableSampler, SeededView
+from vit_lightning.resident import ResidentImages, passthrough
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -223,16 +224,20 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset | None, train: bool = False) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader.")
+        resident = isinstance(ds, ResidentImages)  # batches of indices: workers would only add IPC
+        workers = 0 if resident else self.num_workers
         kwargs = dict(
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=workers,
             # pinning without CUDA only buys a warning per loader
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            persistent_workers=self.persistent_workers and workers > 0,
             # an own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run (which builds its iterators at other moments) would diverge
             generator=torch.Generator().manual_seed(self.seed),
         )
+        if resident:
+            kwargs["collate_fn"] = passthrough
         if not train:
             return DataLoader(ds, sampler=self._eval_sampler(ds), **kwargs)
         world, rank = (
@@ -240,7 +245,7 @@ class ImageDataModule(L.LightningDataModule):
         )
         sampler = ResumableSampler(ds, world, rank, shuffle=True, seed=self.seed)
         return ResumableLoader(
-            SeededView(ds, self.seed), sampler=sampler, drop_last=True,
+            ds if resident else SeededView(ds, self.seed), sampler=sampler, drop_last=True,
             batches_done=self._train_batches_done, **kwargs,
         )  # fmt: skip
 
@@ -257,6 +262,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device pipeline: an index batch, now on the device, becomes the augmented `(x, y)`."""
+        if isinstance(batch, dict) and "index" in batch:
+            sets = {s.split: s for s in (self.train_set, self.val_set, self.test_set, self.predict_set)
+                    if isinstance(s, ResidentImages)}  # fmt: skip
+            return sets[batch["split"]].batch(**batch)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
@@ -384,6 +397,10 @@ class TorchvisionDataModule(ImageDataModule):
         pin_memory: See `ImageDataModule`.
         persistent_workers: See `ImageDataModule`.
         predict_dir: See `ImageDataModule`.
+        device_pipeline: Hold the uint8 images on the training device and crop, flip and
+            normalise them there in batches (`vit_lightning.resident`); the loader then only
+            yields indices (num_workers is ignored). Crop and flip only: other augmentations
+            must be off.
     """
 
     dataset_cls: type[VisionDataset]
@@ -401,8 +418,10 @@ class TorchvisionDataModule(ImageDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         predict_dir: str | None = None,
+        device_pipeline: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_dir)
+        self.device_pipeline = device_pipeline
         if not 0 < val_size < self.train_len:
             raise ValueError(f"val_size must be in (0, {self.train_len}), got {val_size}")
         self.data_dir, self.download = data_dir, download
@@ -465,7 +484,29 @@ class TorchvisionDataModule(ImageDataModule):
         """(file, reason) for each present but unreadable data file; used in error messages."""
         return []
 
+    def _crop_flip(self) -> tuple[int, bool]:
+        """(padding, flip) of the train augmentation, for the device pipeline; raises if the
+        configured augmentation is more than crop and flip."""
+        raise NotImplementedError
+
+    def _resident(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's raw uint8 images (N, C, H, W) and labels, for the device pipeline."""
+        ds = self._dataset(train, None)
+        images = torch.as_tensor(ds.data)  # CIFAR: numpy (N, H, W, C); MNIST-style: (N, H, W)
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        return images.contiguous(), torch.as_tensor(ds.targets)
+
     def _fit_datasets(self) -> tuple[Dataset, Dataset]:
+        if self.device_pipeline:
+            pad, flip = self._crop_flip()
+            images, labels = self._resident(True)
+            train_idx, val_idx = self.split_indices(len(images), self.val_size, self.split_seed)
+            train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
+            return (
+                ResidentImages(images[train_idx], labels[train_idx], self.mean, self.std,
+                               "train", pad, flip, self.seed),
+                ResidentImages(images[val_idx], labels[val_idx], self.mean, self.std, "val"),
+            )  # fmt: skip
         # two dataset objects over the same files: val must see eval transforms, not augmentations
         train, val = (
             self._dataset(True, self.train_transform()),
@@ -477,6 +518,8 @@ class TorchvisionDataModule(ImageDataModule):
         return Subset(train, train_idx), Subset(val, val_idx)
 
     def _test_dataset(self) -> Dataset:
+        if self.device_pipeline:
+            return ResidentImages(*self._resident(False), self.mean, self.std, "test")
         return self._dataset(False, self.eval_transform())
 
 
@@ -496,6 +539,8 @@ class CIFAR10DataModule(TorchvisionDataModule):
         pin_memory: See `ImageDataModule`.
         persistent_workers: See `ImageDataModule`.
         predict_dir: See `ImageDataModule`.
+        device_pipeline: See `TorchvisionDataModule`; needs augment=none and random_erasing=0
+            (crop+flip, as in the torchvision pipeline, is kept).
     """
 
     dataset_cls = CIFAR10
@@ -517,10 +562,11 @@ class CIFAR10DataModule(TorchvisionDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         predict_dir: str | None = None,
+        device_pipeline: bool = False,
     ) -> None:
         super().__init__(
             data_dir, download, val_size, split_seed,
-            batch_size, num_workers, pin_memory, persistent_workers, predict_dir,
+            batch_size, num_workers, pin_memory, persistent_workers, predict_dir, device_pipeline,
         )  # fmt: skip
         if augment not in ("none", "autoaugment", "randaugment", "trivialaugment"):
             raise ValueError(
@@ -529,6 +575,8 @@ class CIFAR10DataModule(TorchvisionDataModule):
         if not 0.0 <= random_erasing <= 1.0:
             raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing}")
         self.augment, self.random_erasing = augment, random_erasing
+        if device_pipeline:
+            self._crop_flip()  # fail at construction, not at setup
         self.class_names = list(CIFAR10_CLASSES)
         self.save_hyperparameters()
 
@@ -542,6 +590,15 @@ class CIFAR10DataModule(TorchvisionDataModule):
         pre = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *policy]
         post = [v2.RandomErasing(p=self.random_erasing)] if self.random_erasing > 0 else []
         return pre, post
+
+    def _crop_flip(self) -> tuple[int, bool]:
+        if self.augment != "none" or self.random_erasing > 0:
+            raise ValueError(
+                f"data.device_pipeline=true does random crop and flip only, but augment="
+                f"{self.augment!r} and random_erasing={self.random_erasing}: set "
+                "--data.augment=none --data.random_erasing=0, or --data.device_pipeline=false"
+            )
+        return 4, True
 
     def _prepare_local(self) -> bool:
         if (self.root / CIFAR10.base_folder).is_dir():
@@ -595,6 +652,7 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         pin_memory: See `ImageDataModule`.
         persistent_workers: See `ImageDataModule`.
         predict_dir: See `ImageDataModule`.
+        device_pipeline: See `TorchvisionDataModule`; every `augment` choice is supported.
     """
 
     dataset_cls = FashionMNIST
@@ -617,10 +675,11 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         predict_dir: str | None = None,
+        device_pipeline: bool = False,
     ) -> None:
         super().__init__(
             data_dir, download, val_size, split_seed,
-            batch_size, num_workers, pin_memory, persistent_workers, predict_dir,
+            batch_size, num_workers, pin_memory, persistent_workers, predict_dir, device_pipeline,
         )  # fmt: skip
         if augment not in ("none", "flip", "crop_flip"):
             raise ValueError(f"augment must be none/flip/crop_flip, got {augment!r}")
@@ -637,6 +696,9 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         crop = [v2.RandomCrop(28, padding=2)] if self.augment == "crop_flip" else []
         flip = [v2.RandomHorizontalFlip()] if self.augment != "none" else []
         return crop + flip, []
+
+    def _crop_flip(self) -> tuple[int, bool]:
+        return 2 if self.augment == "crop_flip" else 0, self.augment != "none"
 
     def _prepare_local(self) -> bool:
         if all((self.raw_dir / f).is_file() for f in self.files):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -37,6 +37,10 @@ class ViTClassifier(L.LightningModule):
             "sqrt" treats them as tuned for `base_batch_size` and scales by the ratio (or its
             square root). The global batch size and the lr used are printed at the start of fit.
         base_batch_size: The global batch size `lr` was tuned for; only used with lr_scaling.
+        compile: Compile `net` with torch.compile: true for the defaults, or a dict of its
+            keyword arguments, e.g. `{mode: max-autotune}`. The module is compiled in place
+            (`nn.Module.compile`), so state_dict keys and checkpoints are unchanged, and DDP
+            wraps the module as usual.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class ViTClassifier(L.LightningModule):
         mixup_switch_prob: float = 0.5,
         lr_scaling: Literal["none", "linear", "sqrt"] = "none",
         base_batch_size: int = 256,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         for name, value in [("lr", lr), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs),
@@ -71,6 +76,9 @@ class ViTClassifier(L.LightningModule):
         # hyperparameter: its weights are in the state_dict, and pickling it would bloat hparams.
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() else ["net"])
         self.net = net
+        if compile:
+            # in place: no `_orig_mod.` wrapper, and the first forward pays the compile time
+            net.compile(**(compile if isinstance(compile, dict) else {}))
         num_classes = net.num_classes
         self.mixup_fn = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
@@ -88,7 +96,11 @@ class ViTClassifier(L.LightningModule):
             )
         # one metric object per stage: they keep separate state across interleaved train/val
         top5 = min(5, num_classes)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # nan_strategy="disable": the default NaN check reads a tensor on the host every update,
+        # a device sync per step; a NaN loss then shows in the mean (NonFiniteGuard stops on it)
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
@@ -99,6 +111,13 @@ class ViTClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint of a `torch.compile(net)` wrapper (other code, older runs) carries the
+        # prefix `_orig_mod.` in its keys; ours never do, so strip it to load either kind
+        sd = checkpoint.get("state_dict", {})
+        if any("_orig_mod." in k for k in sd):
+            checkpoint["state_dict"] = {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
