@@ -184,3 +184,18 @@ def test_a_real_signal_from_outside_then_resume(straight, tmp_path, idx_dir, sig
     again = _run(tmp_path, "--last_checkpoint.every_n_train_steps=2", "--ckpt_path=last")
     assert again.returncode == 0, again.stderr[-3000:]
     _assert_same_run(tmp_path, straight)
+
+
+def test_device_pipeline_run_resumes_bit_identical(tmp_path, idx_dir):
+    # crop+flip drawn per batch on the host, applied on the device: still a function of
+    # (seed, epoch, indices), so a mid-epoch kill and resume replays the same augmentations
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    device, every = "--data.device_pipeline=true", "--last_checkpoint.every_n_train_steps=3"
+    for root in (straight, resumed):
+        _config(root, idx_dir)
+    assert (proc := _run(straight, device)).returncode == 0, proc.stderr[-3000:]
+    first = _run(resumed, device, every, *_signal_at(11, "SIGKILL"))
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    again = _run(resumed, device, every, "--ckpt_path=last")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _assert_same_run(resumed, straight) > 0

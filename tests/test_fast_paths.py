@@ -1,0 +1,277 @@
+"""The fast paths, on CPU: the device-resident pipeline (same pixels and same augmentation
+distribution as torchvision's), torch.compile (checkpoints, DDP), and no host sync per step."""
+
+import collections
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from data_files import write_cifar10
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision.transforms.v2 import functional as TF
+
+from vit_lightning import VisionTransformer
+from vit_lightning.data import CIFAR10DataModule, SyntheticDataModule
+from vit_lightning.loader import ResumableSampler
+from vit_lightning.module import ViTClassifier
+from vit_lightning.resident import ResidentImages
+
+ROOT = Path(__file__).resolve().parents[1]
+CELLS = 9 * 9 * 2  # RandomCrop(32, padding=4): top, left in [0, 8]; flip or not
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch) -> Path:
+    write_cifar10(tmp_path, monkeypatch)
+    return tmp_path
+
+
+def _dm(root: Path, **kw) -> CIFAR10DataModule:
+    kw = {"download": False, "val_size": 20, "batch_size": 8, "num_workers": 0, **kw}
+    dm = CIFAR10DataModule(str(root), **kw)
+    dm.setup()
+    return dm
+
+
+def test_device_pipeline_gives_torchvisions_pixels(cifar):
+    tv, dev = _dm(cifar), _dm(cifar, device_pipeline=True)
+    assert isinstance(dev.train_set, ResidentImages) and len(dev.train_set) == len(tv.train_set)
+    # eval splits: the same normalised tensors, bit for bit, through the loader + transfer hook
+    for split in ("val", "test"):
+        loader = getattr(dev, f"{split}_dataloader")()
+        x, y = dev.on_after_batch_transfer(next(iter(loader)), 0)
+        ref = getattr(tv, f"{split}_set")
+        assert torch.equal(x, torch.stack([ref[i][0] for i in range(len(x))]))
+        assert y.tolist() == [ref[i][1] for i in range(len(x))]
+    # train: each image is torchvision's pad + crop (+ flip) at the drawn parameters, then the
+    # same ToDtype + Normalize kernels
+    batch = next(iter(dev.train_dataloader()))
+    x, y = dev.on_after_batch_transfer(batch, 0)
+    ds = dev.train_set
+    assert batch["flip"].any() and not batch["flip"].all()  # both branches in one batch
+    for j, i in enumerate(batch["index"].tolist()):
+        top, left = batch["shift"][j].tolist()
+        ref = TF.crop(TF.pad(ds.images[i], [4]), top, left, 32, 32)
+        ref = TF.horizontal_flip(ref) if batch["flip"][j] else ref
+        assert torch.equal(x[j], ds.normalize(ref)), f"image {j}: top {top} left {left}"
+        assert y[j] == tv.train_set[i][1]
+
+
+def _position_coded() -> torch.Tensor:
+    """A 3x32x32 uint8 image whose every crop/flip of the padded image differs."""
+    r, c = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    return torch.stack([r + 1, c + 1, (r * 7 + c * 3) % 200 + 1]).to(torch.uint8)
+
+
+def _chi2(counts: torch.Tensor) -> float:
+    expected = counts.sum() / len(counts)
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_device_augmentation_has_torchvisions_distribution():
+    img, n = _position_coded(), 50 * CELLS
+    ds = ResidentImages(img.expand(n, -1, -1, -1), torch.zeros(n), (0.5,) * 3, (0.25,) * 3,
+                        "train", pad=4, flip=True, seed=3)  # fmt: skip
+    # every outcome as an exact tensor, so each draw is decoded to its (top, left, flip) cell
+    padded, keys = TF.pad(img, [4]), {}
+    for top in range(9):
+        for left in range(9):
+            crop = TF.crop(padded, top, left, 32, 32)
+            for flip in (0, 1):
+                out = ds.normalize(TF.horizontal_flip(crop) if flip else crop)
+                keys[out.numpy().tobytes()] = (top * 9 + left) * 2 + flip
+    assert len(keys) == CELLS
+
+    ours = torch.zeros(CELLS)
+    sampler = ResumableSampler(ds, shuffle=True, seed=3)
+    order = list(sampler)
+    for start in range(0, n, 128):  # the loader's batches
+        x, _ = ds.batch(**ds.__getitems__(order[start : start + 128]))
+        for xi in x:
+            ours[keys[xi.numpy().tobytes()]] += 1
+
+    dm = CIFAR10DataModule(augment="none")  # RandomCrop(32, padding=4) + flip, then normalise
+    dm.mean, dm.std = (0.5,) * 3, (0.25,) * 3
+    transform, theirs = dm.train_transform(), torch.zeros(CELLS)
+    torch.manual_seed(0)
+    for _ in range(n):
+        theirs[keys[transform(img).numpy().tobytes()]] += 1
+
+    # 161 degrees of freedom: mean 161, sd 18; 260 is beyond p = 1e-6. Seeds are fixed, so this
+    # cannot flake; it fails if a cell is missing or the draws are skewed.
+    assert (ours > 0).all() and (theirs > 0).all()
+    assert _chi2(ours) < 260 and _chi2(theirs) < 260
+    pooled = (ours + theirs) / 2  # homogeneity: the two samples come from one distribution
+    assert float(((ours - pooled) ** 2 / pooled + (theirs - pooled) ** 2 / pooled).sum()) < 260
+    flips = ours.view(81, 2).sum(0)
+    assert abs(flips[1] / n - 0.5) < 0.03
+
+
+def test_device_draws_depend_on_seed_epoch_and_indices_only():
+    ds = ResidentImages(torch.zeros(64, 3, 8, 8, dtype=torch.uint8), torch.zeros(64),
+                        (0.0,) * 3, (1.0,) * 3, "train", pad=2, flip=True, seed=1)  # fmt: skip
+    keys = [(i, 5) for i in range(10, 42)]
+    a, b = ds.__getitems__(keys), ds.__getitems__(keys)
+    assert torch.equal(a["shift"], b["shift"]) and torch.equal(a["flip"], b["flip"])
+    other_epoch = ds.__getitems__([(i, 6) for i in range(10, 42)])
+    assert not torch.equal(a["shift"], other_epoch["shift"])
+    assert a["shift"].min() >= 0 and a["shift"].max() <= 4
+
+
+def test_device_pipeline_refuses_augmentations_it_cannot_batch(cifar):
+    with pytest.raises(ValueError, match="device_pipeline.*augment='autoaugment'.*--data.augment"):
+        CIFAR10DataModule(str(cifar), augment="autoaugment", device_pipeline=True)
+    with pytest.raises(ValueError, match="random_erasing=0.25"):
+        CIFAR10DataModule(str(cifar), random_erasing=0.25, device_pipeline=True)
+
+
+def test_device_pipeline_trains_through_the_trainer(cifar):
+    torch.manual_seed(0)
+    net = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    model = ViTClassifier(net, warmup_epochs=0)
+    dm = CIFAR10DataModule(str(cifar), download=False, val_size=20, batch_size=16,
+                           num_workers=4, device_pipeline=True)  # fmt: skip
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, dm)
+    assert trainer.global_step == 2 * (80 // 16)
+    assert trainer.train_dataloader.num_workers == 0  # index batches need no workers
+    (res,) = trainer.test(model, dm, verbose=False)
+    assert 0.0 <= res["test/acc"] <= 1.0 and res["test/loss"] > 0
+
+
+# -- torch.compile ------------------------------------------------------------------------------
+
+
+def _tiny_net() -> VisionTransformer:
+    return VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                             num_classes=4, drop_path_rate=0.1)  # fmt: skip
+
+
+def test_compiled_model_trains_and_checkpoints_without_orig_mod(tmp_path):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = ViTClassifier(_tiny_net(), warmup_epochs=0, compile=True)  # inductor, C++ on CPU
+    dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=64, val_size=32, batch_size=16)
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, dm)
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] >= 2  # train and eval forward were compiled
+    (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    sd = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert sd and not any("_orig_mod" in k for k in sd)
+    # an eager module loads it strictly and computes the same logits
+    eager = ViTClassifier.load_from_checkpoint(ckpt, net=_tiny_net()).eval()
+    model.eval()
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), eager(x), atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoints_of_a_torch_compile_wrapper_load(tmp_path):
+    net = _tiny_net()
+    wrapped = torch.compile(net, backend="eager")  # others' code: keys gain `_orig_mod.`
+    sd = {f"net.{k}": v for k, v in wrapped.state_dict().items()}
+    assert all("_orig_mod." in k for k in sd)
+    model = ViTClassifier(_tiny_net())
+    ckpt = {"state_dict": sd}
+    model.on_load_checkpoint(ckpt)
+    model.load_state_dict(ckpt["state_dict"])  # strict
+    assert torch.equal(model.net.pos_embed, net.pos_embed)
+
+
+def test_compiled_model_under_ddp(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "vit_lightning", "fit", "--config", "configs/smoke.yaml",
+           f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1",
+           "--trainer.strategy=ddp", "--trainer.devices=2", "--data.train_size=128",
+           "--data.val_size=32", "--model.compile={backend: aot_eager}",
+           "--trainer.logger=false", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 128 // 2 // 64  # 2 ranks share the epoch (smoke batch 64)
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"])
+    assert ckpt["hyper_parameters"]["compile"] == {"backend": "aot_eager"}
+
+
+# -- host syncs ---------------------------------------------------------------------------------
+
+# ops that make the host wait for the device: a value read back, or an output size that depends
+# on the data
+TORCH = f"site-packages{os.sep}torch{os.sep}"
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
+            "masked_select", "equal", "is_nonzero", "repeat_interleave"}  # fmt: skip
+
+
+HOST_SIDE = [f"{TORCH}optim{os.sep}", f"{TORCH}utils{os.sep}data{os.sep}"]
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts sync ops per training step, with the call site that caused each.
+
+    CPU stands in for the GPU here, so reads that stay on the host whatever the device are
+    skipped: non-fused AdamW's step counters (CPU tensors; the CUDA path uses fused AdamW, which
+    keeps them on the device) and the DataLoader's seeds. So is `one_hot`'s class-range check,
+    which torch runs with `.item()` on CPU tensors only (on CUDA it relies on device asserts).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step: int | None = None
+        self.per_step: collections.Counter = collections.Counter()
+        self.where: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.step is not None and func._schema.name.split("::")[-1] in SYNC_OPS:
+            stack = traceback.extract_stack()[:-1]
+            site = next(f for f in reversed(stack) if TORCH not in f.filename)
+            host_side = any(h in f.filename for f in stack for h in HOST_SIDE)
+            if not host_side and "one_hot(" not in (site.line or ""):
+                self.per_step[self.step] += 1
+                self.where[(self.step, f"{Path(site.filename).name}:{site.lineno}")] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _StepTag(L.Callback):
+    def __init__(self, syncs: HostSyncs) -> None:
+        self.syncs = syncs
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.syncs.step = trainer.global_step
+
+    def on_validation_batch_start(self, trainer, *args) -> None:
+        self.syncs.step = -1  # eval batches: must not sync either
+
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        self.syncs.step = None  # epoch-end reductions are once per epoch
+
+    def on_train_epoch_end(self, trainer, *args) -> None:
+        self.syncs.step = None
+
+
+@pytest.mark.parametrize("mixup", [False, True])
+def test_training_and_logging_do_not_sync_every_step(mixup, tmp_path):
+    torch.manual_seed(0)
+    extra = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0} if mixup else {}
+    model = ViTClassifier(_tiny_net(), warmup_epochs=0, **extra)
+    dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=24 * 8, val_size=32,
+                             batch_size=8)  # fmt: skip
+    syncs = HostSyncs()
+    trainer = L.Trainer(max_epochs=1, log_every_n_steps=10, logger=CSVLogger(tmp_path),
+                        enable_checkpointing=False, enable_progress_bar=True,
+                        enable_model_summary=False, callbacks=[_StepTag(syncs)])  # fmt: skip
+    with syncs:
+        trainer.fit(model, dm)
+    assert trainer.global_step == 24
+    # the logger reads values on its rows (steps 9 and 19) only; every other step stays async
+    assert set(syncs.per_step) <= {9, 19}, dict(syncs.where)
+    assert -1 not in syncs.per_step
