@@ -129,3 +129,26 @@ def test_wrong_input_shape_names_the_expected_shape():
     dyn = VisionTransformer(**TINY, dynamic_img_size=True)
     with pytest.raises(ValueError, match="not divisible by patch_size 4x4"):
         dyn(torch.randn(2, 3, 30, 32))
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_cls_only_last_block_gives_the_full_forward(qkv_bias):
+    # forward() runs the last block for the [CLS] token only; the logits, the gradients and the
+    # DropPath draws must be those of forward_head(forward_features(x)), which keeps every token
+    model = VisionTransformer(**TINY, drop_path_rate=0.5, qkv_bias=qkv_bias, init_values=0.1)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)  # no zero-init head or bias can hide a miswiring
+    x = torch.randn(6, 3, 32, 32)
+    outs = []
+    for fn in (model, lambda x: model.forward_head(model.forward_features(x))):
+        model.zero_grad()
+        torch.manual_seed(5)
+        y = fn(x)
+        y.square().sum().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    blk = model.blocks[-1].eval()
+    tokens = torch.randn(2, 65, 48)
+    torch.testing.assert_close(blk(tokens, first_only=True), blk(tokens)[:, :1], rtol=0, atol=1e-6)

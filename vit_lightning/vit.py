@@ -140,9 +140,23 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)  # 3 × (B, heads, N, head_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with first_only, (B, 1, D): the output for token 0 alone,
+        whose query still attends to every token's key and value."""
         B, N, D = x.shape
-        q, k, v = self._qkv(x)
+        if first_only:
+            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([D, 2 * D])
+            q = (
+                F.linear(x[:, :1], w_q, b_q)
+                .view(B, 1, self.num_heads, self.head_dim)
+                .transpose(1, 2)
+            )
+            kv = F.linear(x, w_kv, b_kv).reshape(B, N, 2, self.num_heads, self.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+            N = 1
+        else:
+            q, k, v = self._qkv(x)
         dropout_p = self.attn_drop.p if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, D)
@@ -230,8 +244,10 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with first_only, token 0's output alone, (B, 1, D)."""
+        res = x[:, :1] if first_only else x
+        x = res + self.drop_path1(self.ls1(self.attn(self.norm1(x), first_only)))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
 
@@ -421,7 +437,17 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        if self.global_pool != "token" or len(self.blocks) == 0:
+            return self.forward_head(self.forward_features(x))
+        # The head reads only the [CLS] token, so the last block computes only its output: one
+        # query instead of N, and proj and MLP on one token. Same logits and DropPath draws as
+        # forward_head(forward_features(x)), which still returns every token.
+        grid_size = self._check_input(x)
+        x = self._pos_embed(self.patch_embed(x), grid_size)
+        *blocks, last = self.blocks
+        for blk in blocks:
+            x = blk(x)
+        return self.forward_head(self.norm(last(x, first_only=True)))
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
