@@ -44,7 +44,7 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
 
 def infer_steps(model: nn.Module, x: torch.Tensor, steps: int,
                 amp: torch.dtype | None) -> Callable[[], None]:  # fmt: skip
-    model = copy.deepcopy(model).eval()  # eval mode would otherwise leak into the train copies
+    model.eval()
 
     @torch.no_grad()
     def run() -> None:
@@ -55,18 +55,17 @@ def infer_steps(model: nn.Module, x: torch.Tensor, steps: int,
     return run
 
 
-def pair(kwargs: dict, compiled: bool) -> dict[str, nn.Module]:
-    """Ours and timm's with identical weights, optionally compiled in place."""
+def variants(kwargs: dict, compiled: bool, device: str) -> dict[str, nn.Module]:
+    """Ours and timm's with identical weights (seed 0), plus compiled-in-place copies."""
     torch.manual_seed(0)
     ours, theirs = VisionTransformer(**kwargs), TimmViT(**kwargs)
     theirs.load_state_dict(ours.state_dict())
     models = {"ours": ours, "timm": theirs}
     if compiled:
         for name, m in list(models.items()):
-            c = copy.deepcopy(m)
-            c.compile()
-            models[f"{name} compiled"] = c
-    return models
+            models[f"{name} compiled"] = copy.deepcopy(m)
+            models[f"{name} compiled"].compile()
+    return {k: m.to(device) for k, m in models.items()}
 
 
 def run(device: str, repeats: int, compiled: bool, amp: torch.dtype | None) -> str:
@@ -75,10 +74,11 @@ def run(device: str, repeats: int, compiled: bool, amp: torch.dtype | None) -> s
         x = torch.randn(batch, kwargs.get("in_chans", 3), kwargs["img_size"], kwargs["img_size"],
                         device=device)  # fmt: skip
         y = torch.randint(0, kwargs["num_classes"], (batch,), device=device)
-        models = {k: m.to(device) for k, m in pair(kwargs, compiled).items()}
         steps = 3 if device == "cuda" else 2
-        train = {k: train_steps(m, x, y, steps, amp) for k, m in models.items()}
-        infer = {k: infer_steps(m, x, 2 * steps, amp) for k, m in models.items()}
+        train = {k: train_steps(m, x, y, steps, amp)
+                 for k, m in variants(kwargs, compiled, device).items()}  # fmt: skip
+        infer = {k: infer_steps(m, x, 2 * steps, amp)
+                 for k, m in variants(kwargs, compiled, device).items()}  # fmt: skip
         for rows, fns, per_call in ((train_rows, train, steps), (infer_rows, infer, 2 * steps)):
             t = interleaved(fns, repeats, device)
             ips = {k: batch * per_call / v for k, v in t.items()}
