@@ -137,8 +137,15 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)  # 3 × (B, heads, N, head_dim)
+        # unbind the (B, N, 3, heads, head_dim) view along its "3" axis, then transpose: the same
+        # strided views as timm's permute(2, 0, 3, 1, 4).unbind(0), but autograd then stacks the
+        # three gradients straight into the Linear's output layout, skipping two full copies
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).unbind(2)
+        return (
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+        )  # 3 × (B, heads, N, head_dim)
 
     def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """(B, N, D) -> (B, N, D); with first_only, (B, 1, D): the output for token 0 alone,

@@ -1,0 +1,128 @@
+"""Lightning's `fit()` against a bare PyTorch loop: same model, data, optimizer; epoch times.
+
+Three loops over one epoch of in-memory data, interleaved: the bare loop, Lightning with a minimal
+LightningModule (the framework's own cost), and the template as `fit` configures it (ViTClassifier
+with its metrics and logging, progress bar, our callbacks). Each Lightning epoch is timed from
+`on_train_epoch_start` to `on_train_epoch_end`, so Trainer construction is not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import statistics
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from benchmarks.common import cifar_net_kwargs, sync, table
+from vit_lightning import VisionTransformer
+from vit_lightning.callbacks import RunSummary
+from vit_lightning.faults import NonFiniteGuard
+from vit_lightning.module import ViTClassifier
+from vit_lightning.resume import RNGState
+
+
+class Minimal(L.LightningModule):
+    """What a bare loop does, as a LightningModule."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), fused=self.device.type == "cuda")
+
+
+class EpochTimer(L.Callback):
+    """Seconds of each training epoch, in `epochs`; `seconds` is the last one."""
+
+    def __init__(self) -> None:
+        self.epochs: list[float] = []
+
+    @property
+    def seconds(self) -> float:
+        return self.epochs[-1]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sync(pl_module.device)
+        self._t = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sync(pl_module.device)
+        self.epochs.append(time.perf_counter() - self._t)
+
+
+def bare_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
+               device: str) -> float:  # fmt: skip
+    sync(device)
+    t = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def lightning_epoch(module: L.LightningModule, loader: DataLoader, device: str, template: bool,
+                    log_dir: str) -> float:  # fmt: skip
+    timer = EpochTimer()
+    callbacks = [timer] + ([NonFiniteGuard(), RNGState(), RunSummary()] if template else [])
+    trainer = L.Trainer(
+        accelerator=device, devices=1, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=template,
+        logger=CSVLogger(log_dir) if template else False, callbacks=callbacks,
+    )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        trainer.fit(module, loader)
+    return timer.seconds
+
+
+def run(device: str, repeats: int, log_dir: str, steps: int = 24, batch: int = 64) -> str:
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(steps * batch, 3, 32, 32, generator=g),
+                         torch.randint(0, 10, (steps * batch,), generator=g))  # fmt: skip
+    torch.manual_seed(0)
+    base = VisionTransformer(**cifar_net_kwargs())
+    bare_net = copy.deepcopy(base).to(device)
+    bare_opt = torch.optim.AdamW(bare_net.parameters(), fused=device == "cuda")
+    minimal = Minimal(copy.deepcopy(base))
+    template = ViTClassifier(copy.deepcopy(base), warmup_epochs=0, label_smoothing=0.0)
+
+    def loader() -> DataLoader:
+        return DataLoader(data, batch_size=batch, shuffle=True, drop_last=True,
+                          pin_memory=device == "cuda")  # fmt: skip
+
+    fns = {
+        "bare PyTorch loop": lambda: bare_epoch(bare_net, bare_opt, loader(), device),
+        "Lightning, minimal module": lambda: lightning_epoch(minimal, loader(), device, False, log_dir),
+        "Lightning, this template": lambda: lightning_epoch(template, loader(), device, True, log_dir),
+    }  # fmt: skip
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {k: [] for k in fns}
+    for r in range(repeats):
+        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+            times[k].append(fns[k]())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    bare = med["bare PyTorch loop"]
+    rows = [[k, f"{v:.2f} s", v / bare] for k, v in med.items()]
+    return (
+        f"One epoch of {steps} steps, batch {batch}, CIFAR net, in-memory data, medians of "
+        f"{repeats}:\n\n" + table(["loop", "epoch time", "**ratio to bare loop**"], rows)
+    )
