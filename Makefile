@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/cifar10.yaml
 
-.PHONY: help install test test-all lint format fit clean
+.PHONY: help install test test-all lint format fit bench profile clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ format: install ## Apply ruff fixes and formatting
 
 fit: install ## Train the default CIFAR-10 recipe (CONFIG=... for another)
 	$(PY) -m vit_lightning fit --config $(CONFIG)
+
+bench: install ## Benchmarks side by side (ours vs timm, Lightning overhead, data loading); tables into README
+	$(PY) -m benchmarks
+
+profile: install ## Profile the template's training steps with the PyTorch profiler (trace in runs/profile)
+	$(PY) -m benchmarks.profile_step
 
 clean: ## Remove caches and run outputs (keeps .venv and data/)
 	rm -rf .pytest_cache .ruff_cache lightning_logs wandb checkpoints

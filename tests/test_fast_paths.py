@@ -275,3 +275,19 @@ def test_training_and_logging_do_not_sync_every_step(mixup, tmp_path):
     # the logger reads values on its rows (steps 9 and 19) only; every other step stays async
     assert set(syncs.per_step) <= {9, 19}, dict(syncs.where)
     assert -1 not in syncs.per_step
+
+
+def test_fast_overlay_switches_on_every_fast_path(capsys):
+    from vit_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "cifar10.yaml"),
+              "--config", str(ROOT / "configs" / "overlays" / "fast.yaml"), "--print_config"])  # fmt: skip
+    assert exit_info.value.code == 0
+    import yaml
+
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["model"]["compile"] is True
+    data = cfg["data"]["init_args"]
+    assert data["device_pipeline"] is True and data["augment"] == "none"
+    assert cfg["model"]["mixup_alpha"] == 0.8  # the recipe underneath is kept
