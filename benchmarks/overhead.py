@@ -136,9 +136,7 @@ def run(device: str, repeats: int, log_dir: str) -> str:
         med = compare(device, repeats, log_dir, kwargs, steps, batch)
         bare = med["bare PyTorch loop"]
         for k, v in med.items():
-            extra = (
-                f"{1000 * (v - bare) / steps:+.2f} ms" if v is not med["bare PyTorch loop"] else ""
-            )
+            extra = "" if k == "bare PyTorch loop" else f"{1000 * (v - bare) / steps:+.2f} ms"
             rows.append([name, k, f"{1000 * v / steps:.2f} ms", v / bare, extra])
             name = ""
     return (
