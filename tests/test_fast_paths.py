@@ -291,3 +291,43 @@ def test_fast_overlay_switches_on_every_fast_path(capsys):
     data = cfg["data"]["init_args"]
     assert data["device_pipeline"] is True and data["augment"] == "none"
     assert cfg["model"]["mixup_alpha"] == 0.8  # the recipe underneath is kept
+
+
+def test_steps_call_self_log_only_on_logger_rows(monkeypatch, tmp_path):
+    # each self.log() of a Metric costs ~0.7 ms of host time in Lightning; steps must only
+    # update() their metrics and leave logging to the logger's rows and epoch ends
+    calls: collections.Counter = collections.Counter()
+    step = {"now": None}
+    log = ViTClassifier.log
+
+    def counting_log(self, name, *args, **kwargs):
+        calls[(step["now"], name)] += 1
+        return log(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(ViTClassifier, "log", counting_log)
+
+    class Tag(L.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            step["now"] = trainer.global_step
+
+        def on_validation_batch_start(self, *args) -> None:
+            step["now"] = "val"
+
+        def on_validation_batch_end(self, *args) -> None:
+            step["now"] = None
+
+        def on_train_batch_end(self, *args) -> None:
+            step["now"] = None
+
+    model = ViTClassifier(_tiny_net(), warmup_epochs=0)
+    dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=12 * 8, val_size=32,
+                             batch_size=8)  # fmt: skip
+    trainer = L.Trainer(max_epochs=1, log_every_n_steps=5, logger=CSVLogger(tmp_path),
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Tag()])  # fmt: skip
+    trainer.fit(model, dm)
+    in_steps = {k for k in calls if k[0] is not None}
+    assert {s for s, _ in in_steps} == {4, 9}  # the logger's rows: steps 5 and 10
+    assert {n for _, n in in_steps} == {"train/loss_step", "train/lr"}
+    epoch_end = {n for s, n in calls if s is None}
+    assert {"train/loss_epoch", "train/acc", "val/acc", "val/loss", "val/acc_top5"} <= epoch_end
