@@ -1,0 +1,44 @@
+"""The benchmark harness: interleaving, the FLOP count behind MFU, and the README quoting the
+results file verbatim."""
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import interleaved, table
+from benchmarks.gpu import forward_flops, peak_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_interleaved_warms_up_then_alternates_the_order():
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    medians = interleaved(fns, repeats=4)
+    assert order[:3] == list("abc")  # warm-up (and compilation) once each, untimed
+    assert order[3:] == list("abc") + list("cba") + list("abc") + list("cba")
+    assert set(medians) == set("abc") and all(v >= 0 for v in medians.values())
+
+
+def test_vit_s16_flops_match_the_published_count():
+    # timm's model card for vit_small_patch16_224: 4.6 GMACs per image
+    kw = dict(img_size=224, patch_size=16, embed_dim=384, depth=12)
+    assert forward_flops(**kw) / 2 == pytest.approx(4.6e9, rel=0.01)
+    assert forward_flops(**{**kw, "embed_dim": 768}) / 2 == pytest.approx(17.6e9, rel=0.01)  # B/16
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("Tesla T4") is None
+
+
+def test_table_is_markdown():
+    out = table(["a", "ratio"], [["x", 1.23456], ["y", 12345.6]])
+    assert out.splitlines() == ["| a | ratio |", "|---|---|", "| x | 1.235 |", "| y | 12,346 |"]
+
+
+def test_readme_quotes_the_results_file():
+    readme = (ROOT / "README.md").read_text()
+    for results in sorted((ROOT / "benchmarks").glob("results-*.md")):
+        device = results.stem.removeprefix("results-")
+        start, end = f"<!-- bench:{device}:start -->\n", f"<!-- bench:{device}:end -->"
+        assert start in readme and end in readme, f"README.md lacks the {device} markers"
+        quoted = readme.split(start, 1)[1].split(end, 1)[0]
+        assert quoted == results.read_text(), f"README.md is stale: rerun make bench ({device})"
