@@ -2,6 +2,7 @@
 distribution as torchvision's), torch.compile (checkpoints, DDP), and no host sync per step."""
 
 import collections
+import csv
 import os
 import subprocess
 import sys
@@ -331,3 +332,40 @@ def test_steps_call_self_log_only_on_logger_rows(monkeypatch, tmp_path):
     assert {n for _, n in in_steps} == {"train/loss_step", "train/lr"}
     epoch_end = {n for s, n in calls if s is None}
     assert {"train/loss_epoch", "train/acc", "val/acc", "val/loss", "val/acc_top5"} <= epoch_end
+
+
+def test_device_pipeline_under_ddp_counts_every_val_image_once(tmp_path):
+    from data_files import write_idx
+
+    from vit_lightning.cli import main
+
+    write_idx(tmp_path / "idx", n_train=300, n_test=20)
+    data = ["--data=vit_lightning.data.FashionMNISTDataModule",
+            f"--data.data_dir={tmp_path / 'data'}", "--data.download=false",
+            f"--data.local_dirs=[{tmp_path / 'idx'}]", "--data.val_size=61",
+            "--data.augment=crop_flip", "--data.batch_size=16", "--data.device_pipeline=true",
+            "--model.net.init_args.patch_size=7"]  # fmt: skip
+    common = ["--config", "configs/smoke.yaml", f"--trainer.default_root_dir={tmp_path}", *data]
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vit_lightning", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    fit = cli("fit", *common, *ddp, "--trainer.max_epochs=1", "--trainer.logger=false")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == (300 - 61) // 2 // 16  # each rank: half the epoch, drop_last
+    val = cli("validate", *common, *ddp, "--ckpt_path=last",
+              "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+              f"--trainer.logger.save_dir={tmp_path / 'csv'}")  # fmt: skip
+    assert val.returncode == 0, val.stderr[-3000:]
+    (path,) = (tmp_path / "csv").rglob("metrics.csv")
+    rows = csv.DictReader(path.read_text().splitlines())
+    acc_2 = next(float(r["val/acc"]) for r in rows if r.get("val/acc"))
+    one = main(["validate", *[str(ROOT / a) if a.startswith("configs/") else a for a in common],
+                "--ckpt_path=last", "--trainer.logger=false"])  # fmt: skip
+    acc_1 = one.trainer.callback_metrics["val/acc"].item()
+    assert acc_2 == pytest.approx(acc_1, abs=1e-7)  # 61 images: no duplicate from padding
+    assert round(acc_1 * 61) == pytest.approx(acc_1 * 61, abs=1e-4)  # a count out of 61
