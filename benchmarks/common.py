@@ -18,10 +18,8 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device | str = "cpu"
-) -> dict[str, float]:
-    """Median seconds per call of each fn. Every fn runs once to warm up (and compile), then
+def alternating(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median of the seconds each fn returns. Every fn runs once to warm up (and compile), then
     `repeats` rounds call them all, order alternating, so drift on a noisy machine hits all
     sides alike."""
     for fn in fns.values():
@@ -29,12 +27,26 @@ def interleaved(
     keys, times = list(fns), {k: [] for k in fns}
     for r in range(repeats):
         for k in keys if r % 2 == 0 else keys[::-1]:
+            times[k].append(fns[k]())
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """`alternating`, with each call timed from outside (device synced before and after)."""
+
+    def timed(fn: Callable[[], object]) -> Callable[[], float]:
+        def run() -> float:
             sync(device)
             t = time.perf_counter()
-            fns[k]()
+            fn()
             sync(device)
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+            return time.perf_counter() - t
+
+        return run
+
+    return alternating({k: timed(fn) for k, fn in fns.items()}, repeats)
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:

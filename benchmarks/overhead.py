@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import statistics
+import logging
 import time
 
 import lightning as L
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.common import cifar_net_kwargs, sync, table
+from benchmarks.common import alternating, cifar_net_kwargs, sync, table
 from vit_lightning import VisionTransformer
 from vit_lightning.callbacks import RunSummary
 from vit_lightning.faults import NonFiniteGuard
@@ -115,18 +115,10 @@ def compare(device: str, repeats: int, log_dir: str, net_kwargs: dict, steps: in
         "Lightning, minimal module": lambda: lightning_epoch(minimal, loader(), device, False, log_dir),
         "Lightning, this template": lambda: lightning_epoch(template, loader(), device, True, log_dir),
     }  # fmt: skip
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {k: [] for k in fns}
-    for r in range(repeats):
-        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
-            times[k].append(fns[k]())
-    return {k: statistics.median(v) for k, v in times.items()}
+    return alternating(fns, repeats)  # each fn returns its own epoch time
 
 
 def run(device: str, repeats: int, log_dir: str) -> str:
-    import logging
-
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     rows = []
     for name, kwargs, steps, batch in [

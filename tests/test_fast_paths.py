@@ -93,7 +93,8 @@ def test_device_augmentation_has_torchvisions_distribution():
     sampler = ResumableSampler(ds, shuffle=True, seed=3)
     order = list(sampler)
     for start in range(0, n, 128):  # the loader's batches
-        x, _ = ds.batch(**ds.__getitems__(order[start : start + 128]))
+        draws = ds.__getitems__(order[start : start + 128])
+        x, _ = ds.batch(draws["index"], draws["shift"], draws["flip"])
         for xi in x:
             ours[keys[xi.numpy().tobytes()]] += 1
 

@@ -44,8 +44,8 @@ def test_device_pipeline_on_cuda_matches_cpu():
     ds = ResidentImages(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g),
                         torch.arange(64) % 10, (0.5,) * 3, (0.25,) * 3, "train", 4, True)  # fmt: skip
     batch = ds.__getitems__([(i, 0) for i in range(0, 64, 2)])
-    x_cpu, y_cpu = ds.batch(**batch)
-    x_gpu, y_gpu = ds.batch(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()})
+    x_cpu, y_cpu = ds.batch(batch["index"], batch["shift"], batch["flip"])
+    x_gpu, y_gpu = ds.batch(batch["index"].cuda(), batch["shift"].cuda(), batch["flip"].cuda())
     assert x_gpu.is_cuda and torch.equal(x_gpu.cpu(), x_cpu) and torch.equal(y_gpu.cpu(), y_cpu)
 
 

@@ -268,7 +268,7 @@ class ImageDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "index" in batch:
             sets = {s.split: s for s in (self.train_set, self.val_set, self.test_set, self.predict_set)
                     if isinstance(s, ResidentImages)}  # fmt: skip
-            return sets[batch["split"]].batch(**batch)
+            return sets[batch["split"]].batch(batch["index"], batch.get("shift"), batch.get("flip"))
         return batch
 
     def val_dataloader(self) -> DataLoader:

@@ -72,9 +72,7 @@ class SeededView(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        rng = (
-            torch.default_generator
-        )  # CPU only: torch.manual_seed would also seed CUDA, 60x slower
+        rng = torch.default_generator  # CPU only: torch.manual_seed also seeds CUDA, 60x slower
         state = rng.get_state()
         rng.manual_seed(sample_seed(self.seed, epoch, index))
         try:

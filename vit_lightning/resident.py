@@ -110,16 +110,12 @@ class ResidentImages(Dataset):
         index: torch.Tensor,
         shift: torch.Tensor | None = None,
         flip: torch.Tensor | None = None,
-        split: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) for a batch of indices on their device; shift/flip as `__getitems__` draws them."""
+        """(x, y) for a batch of indices on their device; shift/flip as `__getitems__` draws them
+        (always, when pad > 0 or flip; without them the images are taken as they are)."""
         images, labels = self._on(index.device)
         if shift is None:
-            x = (
-                images[index]
-                if not self.pad
-                else images[index, :, self.pad : -self.pad, self.pad : -self.pad]
-            )
+            x = images[index]
         else:
             _, c, h, w = self.images.shape
             dev = index.device

@@ -135,17 +135,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, N, D = x.shape
-        # unbind the (B, N, 3, heads, head_dim) view along its "3" axis, then transpose: the same
-        # strided views as timm's permute(2, 0, 3, 1, 4).unbind(0), but autograd then stacks the
-        # three gradients straight into the Linear's output layout, skipping two full copies
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).unbind(2)
-        return (
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-        )  # 3 × (B, heads, N, head_dim)
+    def _heads(self, t: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """(B, N, n*D) Linear output -> n tensors (B, heads, N, head_dim), as strided views.
+
+        Unbinding the (B, N, n, heads, head_dim) view along its n axis, then transposing, gives
+        the same views as timm's permute(2, 0, 3, 1, 4).unbind(0), but autograd then stacks the
+        gradients straight into the Linear's output layout, skipping a full copy per block.
+        """
+        B, N, _ = t.shape
+        return tuple(
+            u.transpose(1, 2) for u in t.view(B, N, n, self.num_heads, self.head_dim).unbind(2)
+        )
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._heads(self.qkv(x), 3)  # q, k, v: 3 × (B, heads, N, head_dim)
 
     def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """(B, N, D) -> (B, N, D); with first_only, (B, 1, D): the output for token 0 alone,
@@ -154,13 +157,8 @@ class Attention(nn.Module):
         if first_only:
             w_q, w_kv = self.qkv.weight.split([D, 2 * D])
             b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([D, 2 * D])
-            q = (
-                F.linear(x[:, :1], w_q, b_q)
-                .view(B, 1, self.num_heads, self.head_dim)
-                .transpose(1, 2)
-            )
-            kv = F.linear(x, w_kv, b_kv).reshape(B, N, 2, self.num_heads, self.head_dim)
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+            (q,) = self._heads(F.linear(x[:, :1], w_q, b_q), 1)
+            k, v = self._heads(F.linear(x, w_kv, b_kv), 2)
             N = 1
         else:
             q, k, v = self._qkv(x)
