@@ -1,0 +1,114 @@
+"""CIFAR-10 through torchvision's `CIFAR10`, with its download and integrity checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import check_integrity, extract_archive
+from torchvision.transforms import v2
+
+from vit_lightning.data.augment import DeviceAugment, Policy, choices, describe
+from vit_lightning.data.torchvision_base import TorchvisionDataModule
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+
+def _crop_flip() -> list[v2.Transform]:
+    return [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+
+
+# every policy starts with crop + flip, as in the ViT-for-small-datasets recipes
+AUGMENT = {
+    "none": Policy(
+        "random crop (pad 4) and horizontal flip only", _crop_flip, DeviceAugment(pad=4, flip=True)
+    ),
+    "autoaugment": Policy(
+        "crop, flip, then AutoAugment's CIFAR-10 policy",
+        lambda: [*_crop_flip(), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)],
+    ),
+    "randaugment": Policy(
+        "crop, flip, then RandAugment", lambda: [*_crop_flip(), v2.RandAugment()]
+    ),
+    "trivialaugment": Policy(
+        "crop, flip, then TrivialAugmentWide", lambda: [*_crop_flip(), v2.TrivialAugmentWide()]
+    ),
+}
+Augment = choices(AUGMENT)
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    __doc__ = f"""CIFAR-10: 45k/5k seeded train/val split of the 50k training images; the 10k test set.
+
+    Args:
+        data_dir: Directory holding `cifar-10-batches-py/` or `cifar-10-python.tar.gz`.
+        augment: Training augmentation: {describe(AUGMENT)}.
+        random_erasing: Probability of RandomErasing on the normalised tensor (0 disables; not
+            on the device pipeline).
+        **kwargs: `TorchvisionDataModule`'s arguments (download, val_size, split_seed,
+            device_pipeline) and `ImageDataModule`'s (batch_size, num_workers, ...).
+    """
+
+    dataset_cls = CIFAR10
+    dataset_name = "CIFAR-10"
+    train_len = 50000
+    mean, std = CIFAR10_MEAN, CIFAR10_STD
+    num_classes, in_chans, img_size = 10, 3, 32
+    AUGMENT = AUGMENT
+
+    def __init__(
+        self,
+        data_dir: str = "./data",
+        augment: Augment = "none",
+        random_erasing: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing}")
+        if random_erasing > 0 and kwargs.get("device_pipeline"):
+            raise ValueError(
+                f"data.device_pipeline=true does crop and flip only, but random_erasing="
+                f"{random_erasing}: set --data.random_erasing=0, or --data.device_pipeline=false"
+            )
+        super().__init__(data_dir=data_dir, augment=augment, **kwargs)
+        self.random_erasing = random_erasing
+        self.class_names = list(CIFAR10_CLASSES)
+
+    def train_transform(self) -> v2.Transform:
+        transform = super().train_transform()
+        if self.random_erasing > 0:  # on the normalised tensor, after the policy
+            transform.transforms.append(v2.RandomErasing(p=self.random_erasing))
+        return transform
+
+    def find_local(self) -> bool:
+        if (self.root / CIFAR10.base_folder).is_dir():
+            return True  # integrity is checked by torchvision at setup
+        tar = self.root / CIFAR10.filename
+        if check_integrity(str(tar), CIFAR10.tgz_md5):  # a hand-placed archive needs no network
+            extract_archive(str(tar), str(self.root))
+            return True
+        return False
+
+    def download_files(self) -> list[tuple[Path, str]]:
+        return [(self.root / CIFAR10.filename, CIFAR10.tgz_md5)]
+
+    def damaged_files(self) -> list[tuple[Path, str]]:
+        folder = self.root / CIFAR10.base_folder
+        files = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+        return [
+            (folder / name, "checksum mismatch: truncated or altered")
+            for name, md5 in files
+            if (folder / name).is_file() and not check_integrity(str(folder / name), md5)
+        ]
+
+    def how_to_fix(self) -> str:
+        return (
+            f"Put {CIFAR10.filename} (from https://www.cs.toronto.edu/~kriz/cifar.html) or its "
+            f"extracted {CIFAR10.base_folder}/ folder in {self.root}, or set --data.data_dir "
+            "to a directory that holds them"
+        )

@@ -1,0 +1,176 @@
+"""`TorchvisionDataModule`: a torchvision dataset on disk, found or downloaded, checked, split.
+
+A dataset built on it declares, as class attributes, `dataset_cls` (the torchvision class),
+`dataset_name`, `train_len`, `mean`, `std`, `num_classes`, `in_chans`, `img_size` and its
+`AUGMENT` table (see `augment.py`), and implements four methods about its files:
+`find_local()`, `download_files()`, `damaged_files()` and `how_to_fix()`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import VisionDataset
+from torchvision.datasets.utils import check_integrity
+from torchvision.transforms import v2
+
+from vit_lightning.data.augment import DeviceAugment, Table, choose
+from vit_lightning.data.base import ImageDataModule
+from vit_lightning.data.device_pipeline import ResidentImages
+
+DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation; urllib's default is to wait forever
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """Seeded train/val split of the training files; the test files for `test`.
+
+    Args:
+        data_dir: Root directory handed to the torchvision dataset.
+        download: Download when the data is not found locally.
+        val_size: Training images held out for validation (seeded split).
+        split_seed: Seed of the train/val split.
+        augment: Training augmentation, a name from the dataset's `AUGMENT` table.
+        device_pipeline: Hold the uint8 images on the training device and crop, flip and
+            normalise them there in batches (`device_pipeline.py`); the loader then only
+            yields indices (num_workers is ignored). Only for policies the table marks as
+            supported there.
+        **kwargs: `ImageDataModule`'s arguments (batch_size, num_workers, ...).
+    """
+
+    dataset_cls: type[VisionDataset]
+    dataset_name: str
+    train_len: int
+    AUGMENT: Table
+
+    def __init__(
+        self,
+        data_dir: str = "./data",
+        download: bool = True,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        augment: str = "none",
+        device_pipeline: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0 < val_size < self.train_len:
+            raise ValueError(f"val_size must be in (0, {self.train_len}), got {val_size}")
+        self.policy = choose(self.AUGMENT, augment)
+        if device_pipeline and self.policy.device is None:
+            supported = [n for n, p in self.AUGMENT.items() if p.device]
+            raise ValueError(
+                f"data.device_pipeline=true batches only augment={'/'.join(supported)} on the "
+                f"device, but augment={augment!r} ({self.policy.help}): set "
+                f"--data.augment={supported[0]}, or --data.device_pipeline=false"
+            )
+        self.data_dir, self.download = data_dir, download
+        self.val_size, self.split_seed = val_size, split_seed
+        self.augment, self.device_pipeline = augment, device_pipeline
+
+    @property
+    def root(self) -> Path:
+        """Absolute data directory, so messages say exactly where we looked."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    # -- what each dataset says about its files -----------------------------------------------
+
+    def find_local(self) -> bool:
+        """Make the files readable without the network if a copy can be found; True if so."""
+        raise NotImplementedError
+
+    def download_files(self) -> list[tuple[Path, str]]:
+        """(path, md5) of the files a download writes, so a half-written one can be removed."""
+        raise NotImplementedError
+
+    def damaged_files(self) -> list[tuple[Path, str]]:
+        """(file, reason) for each present but unreadable data file, for error messages."""
+        raise NotImplementedError
+
+    def how_to_fix(self) -> str:
+        """What the user can do when the data cannot be found."""
+        raise NotImplementedError
+
+    # -- finding, downloading and reading -----------------------------------------------------
+
+    def _fix(self) -> str:
+        return self.how_to_fix() + ("" if self.download else ", or pass --data.download=true") + "."
+
+    def prepare_data(self) -> None:
+        """Make the files available: local copy first, then torchvision's download."""
+        if self.find_local():
+            return
+        name, root = self.dataset_name, self.root
+        if not self.download:
+            raise FileNotFoundError(f"{name} not found in {root} (download=False). {self._fix()}")
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                for train in (True, False):
+                    self.dataset_cls(str(root), train=train, download=True)
+        except Exception as e:  # URLError, OSError, torchvision's md5 RuntimeError, ...
+            # a half-written archive must not pass for a download on the next run
+            for path, md5 in self.download_files():
+                if path.is_file() and not check_integrity(str(path), md5):
+                    path.unlink()
+            raise RuntimeError(
+                f"Could not download {name} into {root} ({type(e).__name__}: {e}). {self._fix()}"
+            ) from e
+
+    def _dataset(self, train: bool, transform: v2.Transform | None) -> VisionDataset:
+        try:
+            return self.dataset_cls(str(self.root), train=train, transform=transform)
+        except Exception as e:  # torchvision: "Dataset not found or corrupted", or a read error
+            damaged = self.damaged_files()
+            what = "; ".join(f"{p} ({why})" for p, why in damaged) or f"files in {self.root}"
+            raise RuntimeError(
+                f"{self.dataset_name} {what}: missing or corrupted ({e}). "
+                f"Delete the damaged files and retry. {self._fix()}"
+            ) from e
+
+    def _resident(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's raw uint8 images (N, C, H, W) and labels, for the device pipeline."""
+        ds = self._dataset(train, None)
+        images = torch.as_tensor(ds.data)  # CIFAR: numpy (N, H, W, C); MNIST-style: (N, H, W)
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        return images.contiguous(), torch.as_tensor(ds.targets)
+
+    def fit_datasets(self) -> tuple[Dataset, Dataset]:
+        if self.device_pipeline:
+            pad, flip = self.policy.device or DeviceAugment()
+            images, labels = self._resident(True)
+            train_idx, val_idx = self.split_indices(len(images), self.val_size, self.split_seed)
+            train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
+            train = ResidentImages(
+                images[train_idx], labels[train_idx], self.mean, self.std, "train",
+                pad=pad, flip=flip, seed=self.seed,
+            )
+            val = ResidentImages(images[val_idx], labels[val_idx], self.mean, self.std, "val")
+            return train, val
+        # two dataset objects over the same files: val must see eval transforms, not augmentations
+        train = self._dataset(True, self.train_transform())
+        val = self._dataset(True, self.eval_transform())
+        if not 0 < self.val_size < len(train):
+            raise ValueError(f"val_size must be in (0, {len(train)}), got {self.val_size}")
+        train_idx, val_idx = self.split_indices(len(train), self.val_size, self.split_seed)
+        return Subset(train, train_idx), Subset(val, val_idx)
+
+    def test_dataset(self) -> Dataset:
+        if self.device_pipeline:
+            return ResidentImages(*self._resident(False), self.mean, self.std, "test")
+        return self._dataset(False, self.eval_transform())
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every socket operation while downloading (unless a default is already set)."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds if old is None else old)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
