@@ -65,6 +65,5 @@ def markdown(tables: dict[str, Table]) -> str:
     rows = ["| DataModule | `augment` | transforms | device pipeline |", "|---|---|---|---|"]
     for cls, table in tables.items():
         for name, p in table.items():
-            device = f"pad {p.device.pad}, flip {p.device.flip}" if p.device else "no"
-            rows.append(f"| `{cls}` | `{name}` | {p.help} | {device} |")
+            rows.append(f"| `{cls}` | `{name}` | {p.help} | {'yes' if p.device else 'no'} |")
     return "\n".join(rows)
