@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/cifar10.yaml
 
-.PHONY: help install test test-all lint format fit bench profile clean
+.PHONY: help install test test-all lint format notebooks fit bench profile clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ lint: install ## ruff check and ruff format --check
 format: install ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+notebooks: install ## Write notebooks/*.ipynb from their jupytext sources notebooks/*.py (no outputs)
+	$(PY) -m vit_lightning.tutorial notebooks/[0-9]*.py
 
 fit: install ## Train the default CIFAR-10 recipe (CONFIG=... for another)
 	$(PY) -m vit_lightning fit --config $(CONFIG)

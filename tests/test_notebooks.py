@@ -1,12 +1,12 @@
 """The tutorial notebooks: each one runs top to bottom (offline, CPU) and draws at least one
-figure; the committed copies hold no outputs and match what notebooks/make_notebooks.py builds.
+figure; the committed .ipynb files hold no outputs and are what `make notebooks` writes from
+their jupytext percent sources, notebooks/*.py.
 
 Kernels run in a temporary working directory with VIT_DATA_DIR pointing there, so a run leaves
 no files in the repository. The kernel is the `python3` kernelspec, which jupyter_client starts
 with the Python running pytest (the venv's), as `test_kernel_is_this_python` checks.
 """
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -16,9 +16,12 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
+from vit_lightning.tutorial import notebook_text
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+SOURCES = sorted(NOTEBOOK_DIR.glob("*.py"))
 # each notebook takes 10-40 s on a 2-core CPU; the cap only stops a hung kernel
 CELL_TIMEOUT_S = 600
 
@@ -51,12 +54,13 @@ def kernel_env(tmp_path, monkeypatch) -> Path:
     return work
 
 
-def test_the_three_notebooks_exist():
+def test_the_three_notebooks_exist_each_with_its_source():
     assert [p.name for p in NOTEBOOKS] == [
         "01_vit_from_scratch.ipynb",
         "02_attention_maps.ipynb",
         "03_compare_runs.ipynb",
     ]
+    assert [p.with_suffix(".ipynb") for p in SOURCES] == NOTEBOOKS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
@@ -65,21 +69,18 @@ def test_committed_notebook_has_no_outputs(path):
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [], f"{path.name}: a cell has outputs; rerun make_notebooks.py"
+            assert cell.outputs == [], f"{path.name}: a cell has outputs; run `make notebooks`"
             assert cell.execution_count is None, f"{path.name}: a cell has an execution count"
 
 
-def test_notebooks_match_their_generator(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "make_notebooks", NOTEBOOK_DIR / "make_notebooks.py"
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_notebook_matches_its_source(path):
+    source = path.with_suffix(".py")
+    assert notebook_text(source) == path.read_text(), (
+        f"{path.name} differs from {source.name}: run `make notebooks`"
     )
-    make_notebooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_notebooks)
-    for built in make_notebooks.main(tmp_path):
-        committed = NOTEBOOK_DIR / built.name
-        assert built.read_text() == committed.read_text(), (
-            f"{committed.name} differs from make_notebooks.py: run `python notebooks/make_notebooks.py`"
-        )
+    metadata = nbformat.reads(path.read_text(), as_version=4).metadata
+    assert metadata.jupytext.formats == "ipynb,py:percent"  # paired: `jupytext --sync` works
 
 
 def test_kernel_is_this_python(kernel_env):
