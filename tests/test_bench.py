@@ -1,14 +1,10 @@
 """The benchmark harness: interleaving, the FLOP count behind MFU, and the README quoting the
 results file verbatim."""
 
-from pathlib import Path
-
 import pytest
 
 from benchmarks.common import interleaved, table
 from benchmarks.gpu import forward_flops, peak_flops
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_interleaved_warms_up_then_alternates_the_order():
@@ -34,9 +30,9 @@ def test_table_is_markdown():
     assert out.splitlines() == ["| a | ratio |", "|---|---|", "| x | 1.235 |", "| y | 12,346 |"]
 
 
-def test_readme_quotes_the_results_file():
-    readme = (ROOT / "README.md").read_text()
-    for results in sorted((ROOT / "benchmarks").glob("results-*.md")):
+def test_readme_quotes_the_results_file(repo_root):
+    readme = (repo_root / "README.md").read_text()
+    for results in sorted((repo_root / "benchmarks").glob("results-*.md")):
         device = results.stem.removeprefix("results-")
         start, end = f"<!-- bench:{device}:start -->\n", f"<!-- bench:{device}:end -->"
         assert start in readme and end in readme, f"README.md lacks the {device} markers"

@@ -2,38 +2,23 @@
 
 import csv
 import glob
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, SMOKE, smoke_args
 from PIL import Image
 
 from vit_lightning.cli import ViTLightningCLI, main
 from vit_lightning.wandb_offline import read_offline_run
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
-
-
-@pytest.fixture(autouse=True)
-def _finish_wandb():
-    yield
-    import wandb
-
-    if (
-        wandb.run is not None
-    ):  # WandbLogger leaves the run open; in-process CLI calls must not share it
-        wandb.finish()
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     """One real 2-epoch fit on the smoke config; later tests reuse its checkpoints and W&B files."""
     root = tmp_path_factory.mktemp("smoke")
-    main(["fit", "--config", SMOKE, f"--trainer.default_root_dir={root}"])
+    main(smoke_args("fit", root))
     import wandb
 
     wandb.finish()
@@ -51,10 +36,9 @@ def test_fit_writes_last_and_best_checkpoints_and_config(smoke_run):
 
 @pytest.mark.parametrize("subcommand,metric", [("validate", "val/acc"), ("test", "test/acc")])
 def test_validate_and_test_run_from_the_checkpoint(smoke_run, subcommand, metric):
-    root = f"--trainer.default_root_dir={smoke_run}"
-    cli = main([subcommand, "--config", SMOKE, root, "--ckpt_path=last", "--trainer.logger=false"])
-    results = cli.trainer.callback_metrics
-    assert results[metric] > 0.5  # far above the 10% chance of 10 classes: the weights were loaded
+    cli = main(smoke_args(subcommand, smoke_run, "--ckpt_path=last", "--trainer.logger=false"))
+    # far above the 10% chance of 10 classes: the weights were loaded
+    assert cli.trainer.callback_metrics[metric] > 0.5
 
 
 def test_predict_on_a_folder_of_images_writes_a_csv(smoke_run, tmp_path):
@@ -63,9 +47,8 @@ def test_predict_on_a_folder_of_images_writes_a_csv(smoke_run, tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
     out = tmp_path / "preds.csv"
-    main(["predict", "--config", SMOKE, f"--trainer.default_root_dir={smoke_run}", "--ckpt_path=last",
-          f"--data.predict_dir={tmp_path}", f"--prediction_writer.output_file={out}",
-          "--trainer.logger=false"])  # fmt: skip
+    args = [f"--data.predict_dir={tmp_path}", f"--prediction_writer.output_file={out}"]
+    main(smoke_args("predict", smoke_run, "--ckpt_path=last", "--trainer.logger=false", *args))
     rows = list(csv.DictReader(out.open()))
     assert [Path(r["file"]).name for r in rows] == ["a.jpg", "b.png", "c.PNG"]
     for r in rows:
@@ -74,8 +57,8 @@ def test_predict_on_a_folder_of_images_writes_a_csv(smoke_run, tmp_path):
 
 def test_predict_on_the_test_split(smoke_run, tmp_path):
     out = tmp_path / "test_preds.csv"
-    main(["predict", "--config", SMOKE, f"--trainer.default_root_dir={smoke_run}", "--ckpt_path=last",
-          f"--prediction_writer.output_file={out}", "--trainer.logger=false"])  # fmt: skip
+    write = f"--prediction_writer.output_file={out}"
+    main(smoke_args("predict", smoke_run, "--ckpt_path=last", "--trainer.logger=false", write))
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 256 and rows[0]["file"] == "test/0"
 
@@ -97,11 +80,8 @@ def test_offline_wandb_run_holds_full_config_and_metrics(smoke_run):
 
 
 def test_data_settings_are_linked_into_the_network():
-    cli = ViTLightningCLI(
-        args=["--config", SMOKE, "--data.num_classes=7", "--data.in_chans=1", "--data.img_size=16",
-              "--trainer.logger=false"],
-        run=False,
-    )  # fmt: skip
+    data = ["--data.num_classes=7", "--data.in_chans=1", "--data.img_size=16"]
+    cli = ViTLightningCLI(args=["--config", SMOKE, *data, "--trainer.logger=false"], run=False)
     net = cli.model.net
     assert (net.num_classes, net.in_chans, net.patch_embed.img_size) == (7, 1, (16, 16))
 
@@ -109,11 +89,8 @@ def test_data_settings_are_linked_into_the_network():
 def test_timm_vision_transformer_plugs_in_unchanged():
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-    cli = ViTLightningCLI(
-        args=["--config", SMOKE, "--model.net.class_path=timm.models.vision_transformer.VisionTransformer",
-              "--trainer.logger=false"],
-        run=False,
-    )  # fmt: skip
+    net = "--model.net.class_path=timm.models.vision_transformer.VisionTransformer"
+    cli = ViTLightningCLI(args=["--config", SMOKE, net, "--trainer.logger=false"], run=False)
     assert isinstance(cli.model.net, TimmViT) and cli.model.net.num_classes == 10
 
 
@@ -125,48 +102,37 @@ def test_every_config_parses(config, capsys):
     assert "class_path: vit_lightning.VisionTransformer" in capsys.readouterr().out
 
 
-def test_unknown_config_key_is_named(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "vit_lightning", "fit", "--config", SMOKE, "--model.bogus_lr=1"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+def test_unknown_config_key_is_named(tmp_path, run_cli):
+    proc = run_cli("fit", "--config", SMOKE, "--model.bogus_lr=1", cwd=tmp_path)
     assert proc.returncode == 2
     assert "model.bogus_lr" in proc.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  net_typo: 3\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "vit_lightning", "fit", "--config", SMOKE, "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    proc = run_cli("fit", "--config", SMOKE, "--config", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and "net_typo" in proc.stderr
 
 
 def test_a_requeued_run_writes_into_the_same_directory_and_resumes(tmp_path):
-    args = ["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-            "--data.train_size=128", "--data.val_size=64"]  # fmt: skip
+    data = ["--data.train_size=128", "--data.val_size=64"]
+    args = smoke_args("fit", tmp_path, "--trainer.logger=false", *data)
     main([*args, "--trainer.max_epochs=1"])
-    cli = main(
-        [*args, "--trainer.max_epochs=2", "--ckpt_path=last"]
-    )  # config.yaml exists: no crash
+    # config.yaml exists: no crash
+    cli = main([*args, "--trainer.max_epochs=2", "--ckpt_path=last"])
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * (128 // 64)
 
 
 def test_missing_dataset_fails_fast_naming_the_fix(tmp_path):
+    config = str(ROOT / "configs" / "cifar10.yaml")
+    args = [f"--data.data_dir={tmp_path}", "--data.download=false", "--trainer.logger=false"]
     with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
-        main(["fit", "--config", str(ROOT / "configs" / "cifar10.yaml"),
-              f"--data.data_dir={tmp_path}", "--data.download=false", "--trainer.logger=false",
-              f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+        main(["fit", "--config", config, *args, f"--trainer.default_root_dir={tmp_path}"])
 
 
 def test_ema_weights_via_lightnings_callback(tmp_path):
-    cli = main(["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-                "--trainer.max_epochs=1", "--data.train_size=256", "--data.val_size=64",
-                "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
-                "--trainer.callbacks.decay=0.9"])  # fmt: skip
+    data = ["--data.train_size=256", "--data.val_size=64"]
+    args = smoke_args("fit", tmp_path, "--trainer.logger=false", "--trainer.max_epochs=1", *data)
+    callback = "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging"
+    cli = main([*args, callback, "--trainer.callbacks.decay=0.9"])
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
     ema = next(c for c in cli.trainer.callbacks if isinstance(c, EMAWeightAveraging))

@@ -6,10 +6,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from data_files import PER_BATCH, md5, write_cifar10, write_idx
+from helpers.data_files import PER_BATCH, md5
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
@@ -22,11 +21,6 @@ from vit_lightning.data import (
 )
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture
-def cifar_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray, list]:
-    return write_cifar10(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -60,9 +54,8 @@ def test_attributes_known_before_setup(tmp_path: Path, make, expected: tuple) ->
     dm = make(tmp_path)  # no files needed: the CLI reads these right after construction
     assert (dm.num_classes, dm.in_chans, dm.img_size) == expected
     assert len(dm.class_names) == dm.num_classes and all(isinstance(c, str) for c in dm.class_names)
-    assert {"batch_size", "num_workers", "pin_memory", "persistent_workers", "predict_dir"} <= set(
-        dm.hparams
-    )
+    loader_args = {"batch_size", "num_workers", "pin_memory", "persistent_workers", "predict_dir"}
+    assert loader_args <= set(dm.hparams)
 
 
 def test_persistent_workers_only_with_workers() -> None:
@@ -75,8 +68,8 @@ def test_persistent_workers_only_with_workers() -> None:
 # -- CIFAR-10 -----------------------------------------------------------------------------------
 
 
-def test_cifar_split_is_seeded_deterministic_and_disjoint(cifar_dir) -> None:
-    root = cifar_dir[0]
+def test_cifar_split_is_seeded_deterministic_and_disjoint(cifar10) -> None:
+    root = cifar10.root
     dm = _cifar(root)
     dm.prepare_data()
     dm.setup("fit")
@@ -92,8 +85,8 @@ def test_cifar_split_is_seeded_deterministic_and_disjoint(cifar_dir) -> None:
     assert set(other.val_set.indices) != val_idx
 
 
-def test_cifar_batches_are_normalised_eval_pixels(cifar_dir) -> None:
-    root, rows, labels = cifar_dir
+def test_cifar_batches_are_normalised_eval_pixels(cifar10) -> None:
+    root, rows, labels = cifar10
     dm = _cifar(root, augment="trivialaugment", random_erasing=0.5)
     dm.setup("fit")
     x, y = next(iter(dm.val_dataloader()))
@@ -153,9 +146,9 @@ def test_cifar_failed_download_is_clear_fast_and_cleans_up(tmp_path: Path, no_ne
 
 
 def test_cifar_hand_placed_archive_is_extracted_offline(
-    cifar_dir, tmp_path_factory, monkeypatch: pytest.MonkeyPatch
+    cifar10, tmp_path_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = cifar_dir[0]
+    src = cifar10.root
     root = tmp_path_factory.mktemp("placed")
     tar = root / CIFAR10.filename
     with tarfile.open(tar, "w:gz") as f:
@@ -167,8 +160,8 @@ def test_cifar_hand_placed_archive_is_extracted_offline(
     assert len(dm.train_set) + len(dm.val_set) == 5 * PER_BATCH
 
 
-def test_cifar_corrupt_file_names_directory(cifar_dir) -> None:
-    root = cifar_dir[0]
+def test_cifar_corrupt_file_names_directory(cifar10) -> None:
+    root = cifar10.root
     batch = root / CIFAR10.base_folder / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:100])  # truncated: md5 no longer matches
     dm = _cifar(root)
@@ -181,9 +174,8 @@ def test_cifar_corrupt_file_names_directory(cifar_dir) -> None:
 # -- Fashion-MNIST ------------------------------------------------------------------------------
 
 
-def test_fashion_mnist_copies_local_idx_files(tmp_path: Path) -> None:
-    local, data = tmp_path / "local", tmp_path / "data"
-    write_idx(local)
+def test_fashion_mnist_copies_local_idx_files(tmp_path: Path, fmnist_idx: Path) -> None:
+    local, data = fmnist_idx, tmp_path / "data"
     dm = FashionMNISTDataModule(
         str(data), download=False, val_size=6, local_dirs=[str(local)], batch_size=4, num_workers=0
     )

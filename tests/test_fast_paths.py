@@ -4,15 +4,13 @@ distribution as torchvision's), torch.compile (checkpoints, DDP), and no host sy
 import collections
 import csv
 import os
-import subprocess
-import sys
 import traceback
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from data_files import write_cifar10
+from helpers import smoke_args
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms.v2 import functional as TF
@@ -23,14 +21,7 @@ from vit_lightning.loader import ResumableSampler
 from vit_lightning.module import ViTClassifier
 from vit_lightning.resident import ResidentImages
 
-ROOT = Path(__file__).resolve().parents[1]
 CELLS = 9 * 9 * 2  # RandomCrop(32, padding=4): top, left in [0, 8]; flip or not
-
-
-@pytest.fixture
-def cifar(tmp_path, monkeypatch) -> Path:
-    write_cifar10(tmp_path, monkeypatch)
-    return tmp_path
 
 
 def _dm(root: Path, **kw) -> CIFAR10DataModule:
@@ -40,8 +31,8 @@ def _dm(root: Path, **kw) -> CIFAR10DataModule:
     return dm
 
 
-def test_device_pipeline_gives_torchvisions_pixels(cifar):
-    tv, dev = _dm(cifar), _dm(cifar, device_pipeline=True)
+def test_device_pipeline_gives_torchvisions_pixels(cifar10):
+    tv, dev = _dm(cifar10.root), _dm(cifar10.root, device_pipeline=True)
     assert isinstance(dev.train_set, ResidentImages) and len(dev.train_set) == len(tv.train_set)
     # eval splits: the same normalised tensors, bit for bit, through the loader + transfer hook
     for split in ("val", "test"):
@@ -77,8 +68,8 @@ def _chi2(counts: torch.Tensor) -> float:
 
 def test_device_augmentation_has_torchvisions_distribution():
     img, n = _position_coded(), 50 * CELLS
-    ds = ResidentImages(img.expand(n, -1, -1, -1), torch.zeros(n), (0.5,) * 3, (0.25,) * 3,
-                        "train", pad=4, flip=True, seed=3)  # fmt: skip
+    images, labels = img.expand(n, -1, -1, -1), torch.zeros(n)
+    ds = ResidentImages(images, labels, (0.5,) * 3, (0.25,) * 3, "train", pad=4, flip=True, seed=3)
     # every outcome as an exact tensor, so each draw is decoded to its (top, left, flip) cell
     padded, keys = TF.pad(img, [4]), {}
     for top in range(9):
@@ -116,8 +107,8 @@ def test_device_augmentation_has_torchvisions_distribution():
 
 
 def test_device_draws_depend_on_seed_epoch_and_indices_only():
-    ds = ResidentImages(torch.zeros(64, 3, 8, 8, dtype=torch.uint8), torch.zeros(64),
-                        (0.0,) * 3, (1.0,) * 3, "train", pad=2, flip=True, seed=1)  # fmt: skip
+    images, labels = torch.zeros(64, 3, 8, 8, dtype=torch.uint8), torch.zeros(64)
+    ds = ResidentImages(images, labels, (0.0,) * 3, (1.0,) * 3, "train", pad=2, flip=True, seed=1)
     keys = [(i, 5) for i in range(10, 42)]
     a, b = ds.__getitems__(keys), ds.__getitems__(keys)
     assert torch.equal(a["shift"], b["shift"]) and torch.equal(a["flip"], b["flip"])
@@ -126,21 +117,32 @@ def test_device_draws_depend_on_seed_epoch_and_indices_only():
     assert a["shift"].min() >= 0 and a["shift"].max() <= 4
 
 
-def test_device_pipeline_refuses_augmentations_it_cannot_batch(cifar):
+def test_device_pipeline_refuses_augmentations_it_cannot_batch(cifar10):
     with pytest.raises(ValueError, match="device_pipeline.*augment='autoaugment'.*--data.augment"):
-        CIFAR10DataModule(str(cifar), augment="autoaugment", device_pipeline=True)
+        CIFAR10DataModule(str(cifar10.root), augment="autoaugment", device_pipeline=True)
     with pytest.raises(ValueError, match="random_erasing=0.25"):
-        CIFAR10DataModule(str(cifar), random_erasing=0.25, device_pipeline=True)
+        CIFAR10DataModule(str(cifar10.root), random_erasing=0.25, device_pipeline=True)
 
 
-def test_device_pipeline_trains_through_the_trainer(cifar):
+def test_device_pipeline_trains_through_the_trainer(cifar10):
     torch.manual_seed(0)
     net = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     model = ViTClassifier(net, warmup_epochs=0)
-    dm = CIFAR10DataModule(str(cifar), download=False, val_size=20, batch_size=16,
-                           num_workers=4, device_pipeline=True)  # fmt: skip
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    dm = CIFAR10DataModule(
+        str(cifar10.root),
+        download=False,
+        val_size=20,
+        batch_size=16,
+        num_workers=4,
+        device_pipeline=True,
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, dm)
     assert trainer.global_step == 2 * (80 // 16)
     assert trainer.train_dataloader.num_workers == 0  # index batches need no workers
@@ -152,8 +154,8 @@ def test_device_pipeline_trains_through_the_trainer(cifar):
 
 
 def _tiny_net() -> VisionTransformer:
-    return VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-                             num_classes=4, drop_path_rate=0.1)  # fmt: skip
+    shape = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=4)
+    return VisionTransformer(**shape, drop_path_rate=0.1)
 
 
 def test_compiled_model_trains_and_checkpoints_without_orig_mod(tmp_path):
@@ -161,8 +163,13 @@ def test_compiled_model_trains_and_checkpoints_without_orig_mod(tmp_path):
     torch.manual_seed(0)
     model = ViTClassifier(_tiny_net(), warmup_epochs=0, compile=True)  # inductor, C++ on CPU
     dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=64, val_size=32, batch_size=16)
-    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, dm)
     from torch._dynamo.utils import counters
 
@@ -190,14 +197,12 @@ def test_checkpoints_of_a_torch_compile_wrapper_load(tmp_path):
     assert torch.equal(model.net.pos_embed, net.pos_embed)
 
 
-def test_compiled_model_under_ddp(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "vit_lightning", "fit", "--config", "configs/smoke.yaml",
-           f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1",
-           "--trainer.strategy=ddp", "--trainer.devices=2", "--data.train_size=128",
-           "--data.val_size=32", "--model.compile={backend: aot_eager}",
-           "--trainer.logger=false", "--trainer.enable_progress_bar=false"]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_compiled_model_under_ddp(tmp_path, run_cli):
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2"]
+    data = ["--data.train_size=128", "--data.val_size=32"]
+    quiet = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    args = smoke_args("fit", tmp_path, "--trainer.max_epochs=1", *ddp, *data, *quiet)
+    proc = run_cli(*args, "--model.compile={backend: aot_eager}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 128 // 2 // 64  # 2 ranks share the epoch (smoke batch 64)
@@ -210,8 +215,17 @@ def test_compiled_model_under_ddp(tmp_path):
 # ops that make the host wait for the device: a value read back, or an output size that depends
 # on the data
 TORCH = f"site-packages{os.sep}torch{os.sep}"
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
-            "masked_select", "equal", "is_nonzero", "repeat_interleave"}  # fmt: skip
+SYNC_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "masked_select",
+    "equal",
+    "is_nonzero",
+    "repeat_interleave",
+}
 
 
 HOST_SIDE = [f"{TORCH}optim{os.sep}", f"{TORCH}utils{os.sep}data{os.sep}"]
@@ -265,12 +279,19 @@ def test_training_and_logging_do_not_sync_every_step(mixup, tmp_path):
     torch.manual_seed(0)
     extra = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0} if mixup else {}
     model = ViTClassifier(_tiny_net(), warmup_epochs=0, **extra)
-    dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=24 * 8, val_size=32,
-                             batch_size=8)  # fmt: skip
+    dm = SyntheticDataModule(
+        num_classes=4, img_size=16, train_size=24 * 8, val_size=32, batch_size=8
+    )
     syncs = HostSyncs()
-    trainer = L.Trainer(max_epochs=1, log_every_n_steps=10, logger=CSVLogger(tmp_path),
-                        enable_checkpointing=False, enable_progress_bar=True,
-                        enable_model_summary=False, callbacks=[_StepTag(syncs)])  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1,
+        log_every_n_steps=10,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        callbacks=[_StepTag(syncs)],
+    )
     with syncs:
         trainer.fit(model, dm)
     assert trainer.global_step == 24
@@ -279,12 +300,13 @@ def test_training_and_logging_do_not_sync_every_step(mixup, tmp_path):
     assert -1 not in syncs.per_step
 
 
-def test_fast_overlay_switches_on_every_fast_path(capsys):
+def test_fast_overlay_switches_on_every_fast_path(capsys, repo_root):
     from vit_lightning.cli import main
 
+    configs = repo_root / "configs"
+    overlay = ["--config", str(configs / "overlays" / "fast.yaml")]
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "cifar10.yaml"),
-              "--config", str(ROOT / "configs" / "overlays" / "fast.yaml"), "--print_config"])  # fmt: skip
+        main(["fit", "--config", str(configs / "cifar10.yaml"), *overlay, "--print_config"])
     assert exit_info.value.code == 0
     import yaml
 
@@ -322,11 +344,18 @@ def test_steps_call_self_log_only_on_logger_rows(monkeypatch, tmp_path):
             step["now"] = None
 
     model = ViTClassifier(_tiny_net(), warmup_epochs=0)
-    dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=12 * 8, val_size=32,
-                             batch_size=8)  # fmt: skip
-    trainer = L.Trainer(max_epochs=1, log_every_n_steps=5, logger=CSVLogger(tmp_path),
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[Tag()])  # fmt: skip
+    dm = SyntheticDataModule(
+        num_classes=4, img_size=16, train_size=12 * 8, val_size=32, batch_size=8
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        log_every_n_steps=5,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Tag()],
+    )
     trainer.fit(model, dm)
     in_steps = {k for k in calls if k[0] is not None}
     assert {s for s, _ in in_steps} == {4, 9}  # the logger's rows: steps 5 and 10
@@ -335,38 +364,34 @@ def test_steps_call_self_log_only_on_logger_rows(monkeypatch, tmp_path):
     assert {"train/loss_epoch", "train/acc", "val/acc", "val/loss", "val/acc_top5"} <= epoch_end
 
 
-def test_device_pipeline_under_ddp_counts_every_val_image_once(tmp_path):
-    from data_files import write_idx
-
+def test_device_pipeline_under_ddp_counts_every_val_image_once(tmp_path, fmnist_idx_300, run_cli):
     from vit_lightning.cli import main
 
-    write_idx(tmp_path / "idx", n_train=300, n_test=20)
-    data = ["--data=vit_lightning.data.FashionMNISTDataModule",
-            f"--data.data_dir={tmp_path / 'data'}", "--data.download=false",
-            f"--data.local_dirs=[{tmp_path / 'idx'}]", "--data.val_size=61",
-            "--data.augment=crop_flip", "--data.batch_size=16", "--data.device_pipeline=true",
-            "--model.net.init_args.patch_size=7"]  # fmt: skip
-    common = ["--config", "configs/smoke.yaml", f"--trainer.default_root_dir={tmp_path}", *data]
+    data = [
+        "--data=vit_lightning.data.FashionMNISTDataModule",
+        f"--data.data_dir={tmp_path / 'data'}",
+        "--data.download=false",
+        f"--data.local_dirs=[{fmnist_idx_300}]",
+        "--data.val_size=61",
+        "--data.augment=crop_flip",
+        "--data.batch_size=16",
+        "--data.device_pipeline=true",
+        "--model.net.init_args.patch_size=7",
+    ]
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "vit_lightning", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
-
-    fit = cli("fit", *common, *ddp, "--trainer.max_epochs=1", "--trainer.logger=false")
+    args = smoke_args("fit", tmp_path, *data, *ddp, "--trainer.max_epochs=1")
+    fit = run_cli(*args, "--trainer.logger=false")
     assert fit.returncode == 0, fit.stderr[-3000:]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == (300 - 61) // 2 // 16  # each rank: half the epoch, drop_last
-    val = cli("validate", *common, *ddp, "--ckpt_path=last",
-              "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-              f"--trainer.logger.save_dir={tmp_path / 'csv'}")  # fmt: skip
+    validate = smoke_args("validate", tmp_path, *data, "--ckpt_path=last")
+    csv_logger = "--trainer.logger=lightning.pytorch.loggers.CSVLogger"
+    val = run_cli(*validate, *ddp, csv_logger, f"--trainer.logger.save_dir={tmp_path / 'csv'}")
     assert val.returncode == 0, val.stderr[-3000:]
     (path,) = (tmp_path / "csv").rglob("metrics.csv")
     rows = csv.DictReader(path.read_text().splitlines())
     acc_2 = next(float(r["val/acc"]) for r in rows if r.get("val/acc"))
-    one = main(["validate", *[str(ROOT / a) if a.startswith("configs/") else a for a in common],
-                "--ckpt_path=last", "--trainer.logger=false"])  # fmt: skip
+    one = main([*validate, "--trainer.logger=false"])
     acc_1 = one.trainer.callback_metrics["val/acc"].item()
     assert acc_2 == pytest.approx(acc_1, abs=1e-7)  # 61 images: no duplicate from padding
     assert round(acc_1 * 61) == pytest.approx(acc_1 * 61, abs=1e-4)  # a count out of 61

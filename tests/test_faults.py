@@ -3,27 +3,15 @@ NaN losses, damaged data files, bad configs and an unreachable W&B server."""
 
 import glob
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from data_files import write_cifar10, write_idx
+from helpers import smoke_args
 from torchvision.datasets import CIFAR10
 
 from vit_lightning import faults
 from vit_lightning.cli import main
 from vit_lightning.data import CIFAR10DataModule, FashionMNISTDataModule
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
-
-
-def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vit_lightning", *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=timeout)  # fmt: skip
 
 
 def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -49,18 +37,16 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, damage, capsys):
     data = good.read_bytes()
     bad.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a checkpoint")
     with pytest.raises(SystemExit) as exit_info:
-        main(["validate", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}",
-              f"--ckpt_path={bad}", "--trainer.logger=false"])  # fmt: skip
+        main(smoke_args("validate", tmp_path, f"--ckpt_path={bad}", "--trainer.logger=false"))
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and str(bad) in err and "corrupt or truncated" in err
     assert "Traceback" not in err
 
 
-def test_a_nan_loss_stops_within_one_step_and_keeps_the_last_finite_checkpoint(tmp_path):
-    args = ["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-            "--trainer.max_epochs=1", "--model.lr=1e6", "--model.warmup_epochs=0",
-            "--last_checkpoint.every_n_train_steps=1"]  # fmt: skip
-    proc = _cli(*args)
+def test_a_nan_loss_stops_within_one_step_and_keeps_the_last_finite_checkpoint(tmp_path, run_cli):
+    args = smoke_args("fit", tmp_path, "--trainer.logger=false", "--trainer.max_epochs=1")
+    args += ["--model.lr=1e6", "--model.warmup_epochs=0", "--last_checkpoint.every_n_train_steps=1"]
+    proc = run_cli(*args)
     assert proc.returncode == 1, proc.stderr[-2000:]
     line = next(x for x in proc.stderr.splitlines() if x.startswith("error:"))
     assert "Training loss is nan at global step" in line or "Training loss is inf" in line
@@ -69,17 +55,15 @@ def test_a_nan_loss_stops_within_one_step_and_keeps_the_last_finite_checkpoint(t
     assert last["global_step"] == step - 1  # saved after the step before, never after the bad one
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
     # the switch: the same run goes on to the end
-    off = _cli(
-        *args, "--nonfinite_guard.enabled=false", f"--trainer.default_root_dir={tmp_path}/off"
-    )
+    guard_off = ["--nonfinite_guard.enabled=false", f"--trainer.default_root_dir={tmp_path}/off"]
+    off = run_cli(*args, *guard_off)
     assert off.returncode == 0, off.stderr[-2000:]
 
 
-def test_a_damaged_cifar_file_is_named(tmp_path, monkeypatch):
-    root, *_ = write_cifar10(tmp_path, monkeypatch)
-    batch = root / CIFAR10.base_folder / "data_batch_3"
+def test_a_damaged_cifar_file_is_named(cifar10):
+    batch = cifar10.root / CIFAR10.base_folder / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:-50])
-    dm = CIFAR10DataModule(str(root), download=False, val_size=10, num_workers=0)
+    dm = CIFAR10DataModule(str(cifar10.root), download=False, val_size=10, num_workers=0)
     dm.prepare_data()
     with pytest.raises(RuntimeError) as err:
         dm.setup("fit")
@@ -88,10 +72,14 @@ def test_a_damaged_cifar_file_is_named(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cut", [30, 5000])  # inside the header; inside the pixels
-def test_a_truncated_fashion_mnist_file_is_named(tmp_path, cut):
-    write_idx(tmp_path / "idx", n_train=30, n_test=10)
-    dm = FashionMNISTDataModule(str(tmp_path / "data"), download=False, val_size=5,
-                                local_dirs=[str(tmp_path / "idx")], num_workers=0)  # fmt: skip
+def test_a_truncated_fashion_mnist_file_is_named(tmp_path, fmnist_idx, cut):
+    dm = FashionMNISTDataModule(
+        str(tmp_path / "data"),
+        download=False,
+        val_size=5,
+        local_dirs=[str(fmnist_idx)],
+        num_workers=0,
+    )
     dm.prepare_data()
     images = dm.raw_dir / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:cut])
@@ -113,29 +101,22 @@ def test_a_truncated_fashion_mnist_file_is_named(tmp_path, cut):
         ("--last_checkpoint.every_n_train_steps=-2", "every_n_train_steps=-2"),
     ],
 )
-def test_bad_config_values_fail_at_startup_naming_the_key(tmp_path, override, named):
-    proc = _cli("fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", override)
+def test_bad_config_values_fail_at_startup_naming_the_key(tmp_path, run_cli, override, named):
+    proc = run_cli(*smoke_args("fit", tmp_path, override))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert named in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists()  # nothing ran
 
 
-def test_an_unreachable_wandb_server_falls_back_to_offline(tmp_path):
+def test_an_unreachable_wandb_server_falls_back_to_offline(tmp_path, run_cli):
     env = {
         "WANDB_API_KEY": "a" * 40,
         "WANDB_BASE_URL": "http://127.0.0.1:9",
         "WANDB_MODE": "online",
     }
-    proc = _cli(
-        "fit",
-        "--config",
-        SMOKE,
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.max_epochs=1",
-        "--trainer.logger.init_args.offline=false",
-        env=env,
-        timeout=120,
-    )  # fmt: skip  (a hang would hit the timeout)
+    online = "--trainer.logger.init_args.offline=false"
+    args = smoke_args("fit", tmp_path, "--trainer.max_epochs=1", online)
+    proc = run_cli(*args, env=env, timeout=120)  # a hang would hit the timeout
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "unreachable" in proc.stderr and "wandb sync" in proc.stderr
     assert len(glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))) == 1

@@ -19,9 +19,17 @@ def _fit(precision: str, callbacks=(), **module_kw) -> tuple[ViTClassifier, L.Tr
     net = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4)
     model = ViTClassifier(net, warmup_epochs=0.5, **module_kw)
     dm = SyntheticDataModule(train_size=1024, val_size=256, batch_size=64)
-    trainer = L.Trainer(accelerator="cuda", devices=1, precision=precision, max_epochs=3,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        log_every_n_steps=1000, callbacks=list(callbacks))  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cuda",
+        devices=1,
+        precision=precision,
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        log_every_n_steps=1000,
+        callbacks=list(callbacks),
+    )
     trainer.fit(model, dm)
     return model, trainer
 
@@ -41,8 +49,8 @@ def test_compiled_model_trains_on_cuda():
 
 def test_device_pipeline_on_cuda_matches_cpu():
     g = torch.Generator().manual_seed(0)
-    ds = ResidentImages(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g),
-                        torch.arange(64) % 10, (0.5,) * 3, (0.25,) * 3, "train", 4, True)  # fmt: skip
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    ds = ResidentImages(images, torch.arange(64) % 10, (0.5,) * 3, (0.25,) * 3, "train", 4, True)
     batch = ds.__getitems__([(i, 0) for i in range(0, 64, 2)])
     x_cpu, y_cpu = ds.batch(batch["index"], batch["shift"], batch["flip"])
     x_gpu, y_gpu = ds.batch(batch["index"].cuda(), batch["shift"].cuda(), batch["flip"].cuda())
@@ -62,6 +70,6 @@ class _NoSyncInSteps(L.Callback):
 
 def test_training_steps_never_sync_the_host():
     # listed last, so the NonFiniteGuard's deferred check runs inside the guarded window
-    _, trainer = _fit("bf16-mixed", callbacks=[NonFiniteGuard(), _NoSyncInSteps()],
-                      mixup_alpha=0.8, cutmix_alpha=1.0)  # fmt: skip
+    callbacks = [NonFiniteGuard(), _NoSyncInSteps()]
+    _, trainer = _fit("bf16-mixed", callbacks, mixup_alpha=0.8, cutmix_alpha=1.0)
     assert trainer.global_step == 3 * 1024 // 64

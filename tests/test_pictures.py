@@ -3,31 +3,31 @@
 import glob
 from pathlib import Path
 
-import pytest
 import torch
+from helpers import smoke_args
 from PIL import Image
 
 from vit_lightning import VisionTransformer
 from vit_lightning.cli import main
 from vit_lightning.viz import attention_rollout, cls_attention
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
 NAMES = ("predictions", "confusion_matrix", "attention")
 
 
-@pytest.fixture(autouse=True)
-def _finish_wandb():
-    yield
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-
-
 def _fit(root: Path, *extra: str):
-    return main(["fit", "--config", SMOKE, f"--trainer.default_root_dir={root}", "--trainer.max_epochs=2",
-                 "--data.train_size=256", "--data.val_size=64", *extra])  # fmt: skip
+    data = ["--data.train_size=256", "--data.val_size=64"]
+    return main(smoke_args("fit", root, "--trainer.max_epochs=2", *data, *extra))
+
+
+def _csv_logger(save_dir: Path) -> list[str]:
+    csv_logger = "--trainer.logger=lightning.pytorch.loggers.CSVLogger"
+    return [csv_logger, f"--trainer.logger.save_dir={save_dir}"]
+
+
+def _pngs(save_dir: Path) -> list[str]:
+    """The names of the pictures that CSV loggers under save_dir wrote, sorted."""
+    paths = glob.glob(str(save_dir / "**" / "pictures" / "*.png"), recursive=True)
+    return sorted(Path(p).name for p in paths)
 
 
 def test_pictures_land_in_the_offline_wandb_run(tmp_path):
@@ -43,37 +43,24 @@ def test_pictures_land_in_the_offline_wandb_run(tmp_path):
 
 
 def test_pictures_go_to_csv_logs_and_can_be_switched_off(tmp_path):
-    csv = [
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        f"--trainer.logger.save_dir={tmp_path}",
-    ]
+    csv = _csv_logger(tmp_path)
     _fit(tmp_path / "on", *csv)
-    pngs = sorted(
-        Path(p).name for p in glob.glob(str(tmp_path / "**" / "pictures" / "*.png"), recursive=True)
-    )
-    assert pngs == sorted(f"val_{n}-epoch{e:03d}.png" for n in NAMES for e in (0, 1))
+    assert _pngs(tmp_path) == sorted(f"val_{n}-epoch{e:03d}.png" for n in NAMES for e in (0, 1))
     for p in glob.glob(str(tmp_path / "**" / "pictures"), recursive=True):
         for f in Path(p).iterdir():
             f.unlink()
     _fit(tmp_path / "off", *csv, "--val_pictures.enabled=false")
-    assert not glob.glob(str(tmp_path / "**" / "pictures" / "*.png"), recursive=True)
+    assert not _pngs(tmp_path)
 
 
 def test_every_n_epochs(tmp_path):
-    csv = [
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        f"--trainer.logger.save_dir={tmp_path}",
-    ]
-    _fit(tmp_path, *csv, "--val_pictures.every_n_epochs=2")
-    pngs = {
-        Path(p).name for p in glob.glob(str(tmp_path / "**" / "pictures" / "*.png"), recursive=True)
-    }
-    assert pngs == {f"val_{n}-epoch001.png" for n in NAMES}
+    _fit(tmp_path, *_csv_logger(tmp_path), "--val_pictures.every_n_epochs=2")
+    assert set(_pngs(tmp_path)) == {f"val_{n}-epoch001.png" for n in NAMES}
 
 
 def test_attention_rollout_and_cls_attention():
-    net = VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32,
-                            depth=3, num_heads=4).eval()  # fmt: skip
+    mnist = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, num_heads=4)
+    net = VisionTransformer(**mnist, num_classes=10, depth=3).eval()
     x = torch.randn(2, 1, 28, 28)
     heads = cls_attention(net, x)
     assert heads.shape == (2, 4, 4, 4)
@@ -82,7 +69,6 @@ def test_attention_rollout_and_cls_attention():
     rollout = attention_rollout(net, x)
     torch.testing.assert_close(rollout.sum(dim=(-2, -1)), torch.ones(2))
     # with one block, rollout is the head-averaged attention mixed half with the identity
-    net1 = VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1,
-                             num_heads=4).eval()  # fmt: skip
+    net1 = VisionTransformer(**mnist, depth=1).eval()
     a = net1.attention_maps(x)[0].mean(1)[:, 0, 1:] * 0.5  # the identity adds nothing off [CLS]
     torch.testing.assert_close(attention_rollout(net1, x).flatten(1), a / a.sum(-1, keepdim=True))

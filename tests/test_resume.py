@@ -6,18 +6,16 @@ every source of randomness switched on: crop+flip augmentation, DropPath, Mixup/
 """
 
 import csv
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from data_files import write_idx
+from helpers.cli import cli_command, cli_env
+from helpers.signal_at import signal_at
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 7  # 300 images - 60 val = 240 train, batch 32, drop_last
 EPOCHS = 3
 
@@ -54,13 +52,6 @@ data:
 """
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fmnist") / "idx"
-    write_idx(folder, n_train=300, n_test=20)
-    return folder
-
-
 def _config(root: Path, idx: Path, workers: int = 0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / "run.yaml"
@@ -68,21 +59,9 @@ def _config(root: Path, idx: Path, workers: int = 0) -> Path:
     return path
 
 
-def _cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "vit_lightning", "fit", "--config", str(root / "run.yaml"),
-            f"--trainer.default_root_dir={root}", *extra]  # fmt: skip
-
-
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "PYTHONWARNINGS": "ignore"}
-
-
-def _run(root: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(root, *extra), env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def _signal_at(step: int, sig: str) -> list[str]:
-    return ["--trainer.callbacks+=signal_at.SignalAt", f"--trainer.callbacks.step={step}",
-            f"--trainer.callbacks.sig={sig}"]  # fmt: skip
+def _fit(root: Path, *extra: str) -> list[str]:
+    """`fit` on the run.yaml that _config wrote into root."""
+    return ["fit", "--config", str(root / "run.yaml"), f"--trainer.default_root_dir={root}", *extra]
 
 
 def _losses(root: Path) -> dict[int, str]:
@@ -102,8 +81,8 @@ def _assert_same_run(resumed: Path, straight: Path) -> int:
     assert (b["epoch"], b["global_step"]) == (a["epoch"], a["global_step"])
     for k, v in a["state_dict"].items():
         assert torch.equal(b["state_dict"][k], v), f"weights differ: {k}"
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(),
-                      b["optimizer_states"][0]["state"].values(), strict=True):  # fmt: skip
+    (opt_a,), (opt_b,) = a["optimizer_states"], b["optimizer_states"]
+    for sa, sb in zip(opt_a["state"].values(), opt_b["state"].values(), strict=True):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), f"optimizer state differs: {k}"
     assert a["lr_schedulers"] == b["lr_schedulers"]
@@ -114,20 +93,20 @@ def _assert_same_run(resumed: Path, straight: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, idx_dir) -> Path:
+def straight(tmp_path_factory, fmnist_idx_300, run_cli) -> Path:
     """The uninterrupted run everything is compared with."""
     root = tmp_path_factory.mktemp("straight")
-    _config(root, idx_dir)
-    proc = _run(root)
+    _config(root, fmnist_idx_300)
+    proc = run_cli(*_fit(root))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
 
 @pytest.mark.slow
-def test_workers_do_not_change_the_run(straight, tmp_path, idx_dir):
+def test_workers_do_not_change_the_run(straight, tmp_path, fmnist_idx_300, run_cli):
     # augmentation is keyed by (seed, epoch, index), not by which process draws it
-    _config(tmp_path, idx_dir, workers=2)
-    proc = _run(tmp_path)
+    _config(tmp_path, fmnist_idx_300, workers=2)
+    proc = run_cli(*_fit(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(tmp_path, straight)
 
@@ -147,18 +126,17 @@ def test_workers_do_not_change_the_run(straight, tmp_path, idx_dir):
     ids=["epoch-boundary-kill", "mid-epoch-kill", "last-batch-term", "mid-epoch-usr1"],
 )
 def test_killed_and_resumed_run_is_bit_identical(
-    straight, tmp_path, idx_dir, kill_step, sig, extra
+    straight, tmp_path, fmnist_idx_300, run_cli, kill_step, sig, extra
 ):
-    _config(tmp_path, idx_dir)
-    first = _run(tmp_path, *extra, *_signal_at(kill_step, sig))
-    expected_rc = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 128 + signal.SIGTERM,
-                   "SIGUSR1": 128 + signal.SIGUSR1}[sig]  # fmt: skip
+    _config(tmp_path, fmnist_idx_300)
+    first = run_cli(*_fit(tmp_path, *extra, *signal_at(kill_step, sig)))
+    expected_rc = -signal.SIGKILL if sig == "SIGKILL" else 128 + getattr(signal, sig)
     assert first.returncode == expected_rc, first.stderr[-3000:]
     if sig != "SIGKILL":
         assert "--ckpt_path=last" in first.stderr + first.stdout  # says how to continue
         saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
         assert saved["global_step"] == kill_step + 1  # the batch in flight finished, then saved
-    again = _run(tmp_path, *extra, "--ckpt_path=last")
+    again = run_cli(*_fit(tmp_path, *extra, "--ckpt_path=last"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _assert_same_run(tmp_path, straight) > 0
 
@@ -166,11 +144,14 @@ def test_killed_and_resumed_run_is_bit_identical(
 @pytest.mark.parametrize(
     "sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM]
 )
-def test_a_real_signal_from_outside_then_resume(straight, tmp_path, idx_dir, sig):
+def test_a_real_signal_from_outside_then_resume(straight, tmp_path, fmnist_idx_300, run_cli, sig):
     """The scheduler's view: a signal at a moment the run does not choose."""
-    _config(tmp_path, idx_dir)
-    proc = subprocess.Popen(_cmd(tmp_path, "--last_checkpoint.every_n_train_steps=2"), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _config(tmp_path, fmnist_idx_300)
+    every = "--last_checkpoint.every_n_train_steps=2"
+    cmd = cli_command(*_fit(tmp_path, every))
+    proc = subprocess.Popen(
+        cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     last = tmp_path / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -181,21 +162,21 @@ def test_a_real_signal_from_outside_then_resume(straight, tmp_path, idx_dir, sig
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal landed")  # a very fast machine
     assert proc.returncode in (-sig, 128 + sig), err[-3000:]
-    again = _run(tmp_path, "--last_checkpoint.every_n_train_steps=2", "--ckpt_path=last")
+    again = run_cli(*_fit(tmp_path, every, "--ckpt_path=last"))
     assert again.returncode == 0, again.stderr[-3000:]
     _assert_same_run(tmp_path, straight)
 
 
-def test_device_pipeline_run_resumes_bit_identical(tmp_path, idx_dir):
+def test_device_pipeline_run_resumes_bit_identical(tmp_path, fmnist_idx_300, run_cli):
     # crop+flip drawn per batch on the host, applied on the device: still a function of
     # (seed, epoch, indices), so a mid-epoch kill and resume replays the same augmentations
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     device, every = "--data.device_pipeline=true", "--last_checkpoint.every_n_train_steps=3"
     for root in (straight, resumed):
-        _config(root, idx_dir)
-    assert (proc := _run(straight, device)).returncode == 0, proc.stderr[-3000:]
-    first = _run(resumed, device, every, *_signal_at(11, "SIGKILL"))
+        _config(root, fmnist_idx_300)
+    assert (proc := run_cli(*_fit(straight, device))).returncode == 0, proc.stderr[-3000:]
+    first = run_cli(*_fit(resumed, device, every, *signal_at(11, "SIGKILL")))
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    again = _run(resumed, device, every, "--ckpt_path=last")
+    again = run_cli(*_fit(resumed, device, every, "--ckpt_path=last"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _assert_same_run(resumed, straight) > 0

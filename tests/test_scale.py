@@ -7,31 +7,20 @@ import os
 import shlex
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import smoke_args
+from helpers.signal_at import signal_at
 
 from vit_lightning import VisionTransformer
 from vit_lightning.cli import main
 from vit_lightning.data import SyntheticDataModule
 from vit_lightning.module import ViTClassifier
 from vit_lightning.wandb_offline import read_offline_run
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
-
-
-def _cli(*args: str, env: dict | None = None, cwd: Path | None = None, **kw):
-    """Run `python -m vit_lightning` in a fresh process (DDP launches its own workers)."""
-    env = {**os.environ, **(env or {}), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "vit_lightning", *args],
-        capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=600, **kw,
-    )  # fmt: skip
 
 
 def _csv_metric(save_dir: Path, key: str) -> float:
@@ -40,20 +29,11 @@ def _csv_metric(save_dir: Path, key: str) -> float:
     return next(float(r[key]) for r in rows if r.get(key))
 
 
-@pytest.fixture(autouse=True)
-def _finish_wandb():
-    yield
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-
-
-def test_ddp_two_processes_fit_and_validate_count_every_sample_once(tmp_path):
+def test_ddp_two_processes_fit_and_validate_count_every_sample_once(tmp_path, run_cli):
     # 101 val images: not divisible by 2 ranks, so a padding sampler would count one twice
     data = ["--data.val_size=101", "--data.train_size=256", "--data.batch_size=32"]
-    fit = _cli("fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", *data,
-               "--trainer.max_epochs=1", "--trainer.strategy=ddp", "--trainer.devices=2")  # fmt: skip
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2"]
+    fit = run_cli(*smoke_args("fit", tmp_path, *data, "--trainer.max_epochs=1", *ddp))
     assert fit.returncode == 0, fit.stderr[-3000:]
     runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     assert len(runs) == 1  # rank 0 logs; one W&B run, not two
@@ -62,15 +42,13 @@ def test_ddp_two_processes_fit_and_validate_count_every_sample_once(tmp_path):
     assert read_offline_run(runs[0])["summary"]["device_count"] == 2
 
     csv_dir = tmp_path / "csv2"
-    val = _cli("validate", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", *data,
-               "--ckpt_path=last", "--trainer.strategy=ddp", "--trainer.devices=2",
-               "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-               f"--trainer.logger.save_dir={csv_dir}")  # fmt: skip
+    args = smoke_args("validate", tmp_path, *data, "--ckpt_path=last")
+    csv_logger = "--trainer.logger=lightning.pytorch.loggers.CSVLogger"
+    val = run_cli(*args, *ddp, csv_logger, f"--trainer.logger.save_dir={csv_dir}")
     assert val.returncode == 0, val.stderr[-3000:]
     acc_2, loss_2 = _csv_metric(csv_dir, "val/acc"), _csv_metric(csv_dir, "val/loss")
 
-    cli = main(["validate", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", *data,
-                "--ckpt_path=last", "--trainer.logger=false"])  # fmt: skip
+    cli = main([*args, "--trainer.logger=false"])
     acc_1, loss_1 = (cli.trainer.callback_metrics[k].item() for k in ("val/acc", "val/loss"))
 
     # and by hand: the checkpoint's predictions on the 101 images
@@ -85,9 +63,9 @@ def test_ddp_two_processes_fit_and_validate_count_every_sample_once(tmp_path):
 
 
 def test_bf16_mixed_on_cpu(tmp_path):
-    cli = main(["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-                "--trainer.precision=bf16-mixed", "--trainer.max_epochs=3", "--data.train_size=256",
-                "--data.val_size=64"])  # fmt: skip
+    args = smoke_args("fit", tmp_path, "--trainer.logger=false", "--trainer.max_epochs=3")
+    data = ["--data.train_size=256", "--data.val_size=64"]
+    cli = main([*args, *data, "--trainer.precision=bf16-mixed"])
     metrics = cli.trainer.callback_metrics
     assert str(cli.trainer.precision) == "bf16-mixed"
     assert torch.isfinite(metrics["train/loss_epoch"]) and metrics["val/acc"] > 0.5
@@ -101,13 +79,20 @@ def _fit_weights(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
     L.seed_everything(0)
     # no qkv bias: the key bias gets a zero gradient in exact arithmetic (softmax ignores a
     # constant shift), so Adam would amplify float noise in it into full-size steps
-    net = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                            qkv_bias=False)  # fmt: skip
+    net = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, qkv_bias=False
+    )
     model = ViTClassifier(net, lr=1e-3, warmup_epochs=0, label_smoothing=0.1)
     dm = SyntheticDataModule(train_size=128, val_size=16, batch_size=batch_size)
-    trainer = L.Trainer(max_epochs=2, accumulate_grad_batches=accumulate, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=2,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, dm)
     assert model.global_batch_size == 32 and trainer.global_step == 2 * 128 // 32
     return model.state_dict()
@@ -124,8 +109,14 @@ def test_lr_scales_with_the_global_batch_size(scaling, factor):
     net = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     model = ViTClassifier(net, lr=1e-3, min_lr=1e-5, lr_scaling=scaling, base_batch_size=64)
     dm = SyntheticDataModule(train_size=256, val_size=16, batch_size=32)
-    trainer = L.Trainer(max_steps=1, accumulate_grad_batches=4, logger=False, limit_val_batches=0,
-                        enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=1,
+        accumulate_grad_batches=4,
+        logger=False,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     trainer.fit(model, dm)  # global batch 32 x 1 device x 4 = 128 = 2 x base_batch_size
     (group, *_) = trainer.optimizers[0].param_groups
     assert group["initial_lr"] == pytest.approx(1e-3 * factor)
@@ -133,7 +124,7 @@ def test_lr_scales_with_the_global_batch_size(scaling, factor):
     assert sched.lr_lambdas[0](10**9) * group["initial_lr"] == pytest.approx(1e-5 * factor)
 
 
-def test_slurm_requeue_resumes_from_the_hpc_checkpoint_into_the_same_wandb_run(tmp_path):
+def test_slurm_requeue_resumes_from_the_hpc_checkpoint_into_the_same_wandb_run(tmp_path, run_cli):
     """A faked SLURM job: SIGUSR1 -> hpc checkpoint + `scontrol requeue`; the stub scontrol then
     ends the job like SLURM would (SIGTERM). The same command, rerun, picks the run up."""
     bin_dir = tmp_path / "bin"
@@ -141,21 +132,25 @@ def test_slurm_requeue_resumes_from_the_hpc_checkpoint_into_the_same_wandb_run(t
     scontrol = bin_dir / "scontrol"
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\nkill -TERM $PPID\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NAME": "vit", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-           "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-           "SLURM_NODEID": "0", "SLURM_NNODES": "1"}  # fmt: skip
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "vit",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NNODES": "1",
+    }
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", **slurm}
     root = tmp_path / "run"
-    args = ["fit", "--config", SMOKE, f"--trainer.default_root_dir={root}", "--trainer.max_epochs=5",
-            "--data.train_size=512", "--data.val_size=64",
-            "--ckpt_path=last", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    data = ["--data.train_size=512", "--data.val_size=64"]
+    quiet = "--trainer.enable_progress_bar=false"
+    args = smoke_args("fit", root, "--trainer.max_epochs=5", *data, "--ckpt_path=last", quiet)
     # a real SIGUSR1 at step 12 (epoch 1), sent by the process to itself so the timing is exact
-    args += ["--trainer.callbacks+=signal_at.SignalAt", "--trainer.callbacks.step=12",
-             "--trainer.callbacks.sig=SIGUSR1"]  # fmt: skip
-    env_all = {**os.environ, **env, "PYTHONWARNINGS": "ignore",
-               "PYTHONPATH": str(Path(__file__).parent)}  # fmt: skip
-    cmd = [sys.executable, "-m", "vit_lightning", *args]
-    proc = subprocess.run(cmd, env=env_all, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    args += signal_at(12, "SIGUSR1")
+    proc = run_cli(*args, env=env)
     out = proc.stdout + proc.stderr
     last = root / "checkpoints" / "last.ckpt"
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"], out[-3000:]
@@ -164,7 +159,7 @@ def test_slurm_requeue_resumes_from_the_hpc_checkpoint_into_the_same_wandb_run(t
     assert hpc_step in (12, 13)  # saved by the signal handler, in or right after step 13
 
     assert proc.returncode == 128 + 15  # SLURM's SIGTERM also saved last.ckpt, after the hpc one
-    again = subprocess.run(cmd, env=env_all, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = run_cli(*args, env=env)
     assert again.returncode == 0, again.stderr[-3000:]  # config.yaml exists: no crash
     newest = max([hpc, last], key=lambda p: p.stat().st_mtime_ns)
     assert f"resuming from {newest}" in again.stdout + again.stderr
@@ -175,8 +170,7 @@ def test_slurm_requeue_resumes_from_the_hpc_checkpoint_into_the_same_wandb_run(t
 
 
 def test_a_fresh_fit_starts_a_new_wandb_run_and_a_resumed_one_keeps_it(tmp_path):
-    args = ["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}",
-            "--data.train_size=128", "--data.val_size=32"]  # fmt: skip
+    args = smoke_args("fit", tmp_path, "--data.train_size=128", "--data.val_size=32")
     main([*args, "--trainer.max_epochs=1"])
     first = (tmp_path / "wandb-run-id").read_text()
     main([*args, "--trainer.max_epochs=2", "--ckpt_path=last"])
@@ -185,45 +179,51 @@ def test_a_fresh_fit_starts_a_new_wandb_run_and_a_resumed_one_keeps_it(tmp_path)
     assert (tmp_path / "wandb-run-id").read_text() != first
 
 
-def test_wandb_summary_records_what_makes_runs_comparable(tmp_path):
-    main(["fit", "--config", SMOKE, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1",
-          "--trainer.logger.init_args.group=ablation", "--trainer.logger.init_args.tags=[a,b]",
-          "--trainer.logger.init_args.job_type=train"])  # fmt: skip
+def test_wandb_summary_records_what_makes_runs_comparable(tmp_path, repo_root):
+    wandb = [
+        "--trainer.logger.init_args.group=ablation",
+        "--trainer.logger.init_args.tags=[a,b]",
+        "--trainer.logger.init_args.job_type=train",
+    ]
+    main(smoke_args("fit", tmp_path, "--trainer.max_epochs=1", *wandb))
     (run_dir,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     rec = read_offline_run(run_dir)
     summary = rec["summary"]
     model = ViTClassifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert summary["params"] == sum(p.numel() for p in model.parameters())
-    assert (summary["device"], summary["device_count"], summary["precision"]) == (
-        "cpu",
-        1,
-        "32-true",
-    )
+    device = (summary["device"], summary["device_count"], summary["precision"])
+    assert device == ("cpu", 1, "32-true")
     assert summary["val/acc_best"] == summary["val/acc"] > 0.1 and summary["train/throughput"] > 0
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    git = ["git", "rev-parse", "HEAD"]
+    head = subprocess.run(git, cwd=repo_root, capture_output=True, text=True)
     assert summary["git_commit"].startswith(head.stdout.strip() or "unknown")
     assert (rec["group"], rec["tags"], rec["job_type"]) == ("ablation", ["a", "b"], "train")
 
 
-def test_a_sweep_command_line_parses_and_runs(tmp_path, monkeypatch):
-    from data_files import write_cifar10
-
-    sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / "cifar10.yaml").read_text())
+def test_a_sweep_command_line_parses_and_runs(tmp_path, monkeypatch, cifar10, repo_root):
+    sweep = yaml.safe_load((repo_root / "configs" / "sweeps" / "cifar10.yaml").read_text())
     assert sweep["method"] in ("grid", "random", "bayes")
     assert sweep["metric"]["name"].startswith("val/")
     command = sweep["command"]
     assert command[2:4] == ["-m", "vit_lightning"] and command[-1] == "${args}"
     # what the agent does: one value per parameter, appended as --key=value
-    trial = {k: p.get("value", p["values"][0] if "values" in p else p.get("min"))
-             for k, p in sweep["parameters"].items()}  # fmt: skip
+    trial = {
+        k: p.get("value", p["values"][0] if "values" in p else p.get("min"))
+        for k, p in sweep["parameters"].items()
+    }
     swept = [f"--{k}={v}" for k, v in trial.items()]
-    data_dir, *_ = write_cifar10(tmp_path, monkeypatch)
-    small = [f"--data.init_args.data_dir={data_dir}", "--data.init_args.download=false",
-             "--data.init_args.val_size=10", "--data.init_args.batch_size=10",
-             "--data.init_args.num_workers=0", f"--trainer.default_root_dir={tmp_path / 'run'}",
-             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-             "--trainer.accelerator=cpu"]  # fmt: skip
-    monkeypatch.chdir(ROOT)
+    small = [
+        f"--data.init_args.data_dir={cifar10.root}",
+        "--data.init_args.download=false",
+        "--data.init_args.val_size=10",
+        "--data.init_args.batch_size=10",
+        "--data.init_args.num_workers=0",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.accelerator=cpu",
+    ]
+    monkeypatch.chdir(repo_root)
     monkeypatch.setenv("WANDB_RUN_ID", "sweeptrial1")  # the agent's run id wins
     main([*command[4:-1], *swept, *small])
     (run_dir,) = glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*"))
@@ -234,8 +234,10 @@ def test_a_sweep_command_line_parses_and_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["single_node", "multi_node"])
-def test_sbatch_files_launch_one_task_per_gpu_and_their_command_parses(name, capsys, monkeypatch):
-    text = (ROOT / "configs" / "slurm" / f"{name}.sbatch").read_text()
+def test_sbatch_files_launch_one_task_per_gpu_and_their_command_parses(
+    name, capsys, monkeypatch, repo_root
+):
+    text = (repo_root / "configs" / "slurm" / f"{name}.sbatch").read_text()
     directives = dict(
         line.removeprefix("#SBATCH --").split("=", 1)
         for line in text.splitlines()
@@ -246,13 +248,16 @@ def test_sbatch_files_launch_one_task_per_gpu_and_their_command_parses(name, cap
     assert "requeue" in text and "--ckpt_path=last" in text
     # the srun line, with SLURM's variables filled in, is a valid CLI call
     command = text[text.index("srun python -m vit_lightning") :].replace("\\\n", " ")
-    env = {"SLURM_NTASKS_PER_NODE": directives["ntasks-per-node"],
-           "SLURM_NNODES": directives["nodes"], "SLURM_CPUS_PER_TASK": directives["cpus-per-task"],
-           "SLURM_JOB_ID": "77"}  # fmt: skip
+    env = {
+        "SLURM_NTASKS_PER_NODE": directives["ntasks-per-node"],
+        "SLURM_NNODES": directives["nodes"],
+        "SLURM_CPUS_PER_TASK": directives["cpus-per-task"],
+        "SLURM_JOB_ID": "77",
+    }
     for key, value in env.items():
         command = command.replace("${" + key + "}", value)
     args = [a for a in shlex.split(command)[4:] if a != "$@"]
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(repo_root)
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--print_config"])
     assert exit_info.value.code == 0

@@ -97,10 +97,25 @@ def test_constructor_names_and_defaults_match_timm():
         assert name in theirs, f"{name} is not a timm VisionTransformer argument"
         assert p.default == theirs[name].default, name
     required = {
-        "img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth",
-        "num_heads", "mlp_ratio", "qkv_bias", "class_token", "init_values", "drop_rate",
-        "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate", "dynamic_img_size",
-    }  # fmt: skip
+        "img_size",
+        "patch_size",
+        "in_chans",
+        "num_classes",
+        "global_pool",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "qkv_bias",
+        "class_token",
+        "init_values",
+        "drop_rate",
+        "pos_drop_rate",
+        "proj_drop_rate",
+        "attn_drop_rate",
+        "drop_path_rate",
+        "dynamic_img_size",
+    }
     assert required <= set(ours)
 
 

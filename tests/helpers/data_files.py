@@ -5,6 +5,7 @@ import hashlib
 import pickle
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -17,11 +18,14 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np.ndarray, list]:
-    """Write `cifar-10-batches-py/` under root, pointing torchvision's md5 lists at its files.
+class Cifar10Files(NamedTuple):
+    root: Path  # the data_dir that holds cifar-10-batches-py/
+    rows: np.ndarray  # the 100 training images as CIFAR stores them: (N, 3072) uint8
+    labels: list[int]
 
-    Returns (data_dir, the 100 training rows (N, 3072) uint8, their labels).
-    """
+
+def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> Cifar10Files:
+    """Write `cifar-10-batches-py/` under root, pointing torchvision's md5 lists at its files."""
     folder = root / CIFAR10.base_folder
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -40,10 +44,10 @@ def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, np
     monkeypatch.setattr(CIFAR10, "train_list", [[n, sums[n]] for n, _ in CIFAR10.train_list])
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", sums["test_batch"]]])
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(meta)})
-    return root, np.concatenate(train_rows), train_labels
+    return Cifar10Files(root, np.concatenate(train_rows), train_labels)
 
 
-def write_idx(folder: Path, n_train: int = 30, n_test: int = 10) -> None:
+def write_idx(folder: Path, n_train: int = 30, n_test: int = 10) -> Path:
     """The four Fashion-MNIST files, gzipped, with real idx headers (2051 images, 2049 labels)."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -55,3 +59,4 @@ def write_idx(folder: Path, n_train: int = 30, n_test: int = 10) -> None:
         labels = struct.pack(">II", 2049, n) + (np.arange(n) % 10).astype(np.uint8).tobytes()
         (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
         (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    return folder

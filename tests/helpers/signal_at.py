@@ -16,3 +16,12 @@ class SignalAt(Callback):
         if trainer.global_step == self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), getattr(signal, self.sig))
+
+
+def signal_at(step: int, sig: str) -> list[str]:
+    """CLI arguments that add `SignalAt(step, sig)` to the trainer's callbacks."""
+    return [
+        "--trainer.callbacks+=helpers.signal_at.SignalAt",
+        f"--trainer.callbacks.step={step}",
+        f"--trainer.callbacks.sig={sig}",
+    ]
