@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import ROOT, SMOKE
 
 import vit_lightning
 from vit_lightning import data
@@ -15,8 +16,6 @@ from vit_lightning.cli import main
 from vit_lightning.data import augment
 
 PACKAGE = Path(vit_lightning.__file__).parent
-ROOT = PACKAGE.parent
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TABLES = {
     "CIFAR10DataModule": data.CIFAR10DataModule,
     "FashionMNISTDataModule": data.FashionMNISTDataModule,

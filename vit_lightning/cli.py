@@ -1,78 +1,58 @@
 """`python -m vit_lightning {fit,validate,test,predict}`: LightningCLI with the project's wiring.
 
-What this adds to a bare LightningCLI:
+Callbacks and plugins every run gets. The first seven are config groups (`--<group>.<arg>=...`):
+- `checkpoint` (ModelCheckpoint): the best checkpoint by val/acc, in `<default_root_dir>/checkpoints`;
+- `last_checkpoint` (LastCheckpoint): `last.ckpt` rewritten every epoch (and every N steps if asked);
+- `prediction_writer` (PredictionWriter): `predict` writes one CSV row per image;
+- `run_summary` (RunSummary): parameter count, devices, precision, git commit, throughput to loggers;
+- `preemption` (Preemption): SIGTERM/SIGUSR1 save `last.ckpt`, then exit with 128 + the signal;
+- `nonfinite_guard` (NonFiniteGuard): stops at the first NaN/inf loss, never saves such weights;
+- `val_pictures` (ValPictures): predictions, confusion matrix and attention maps after validation;
+- RNGState callback (added in `instantiate_trainer`): RNG streams saved in, restored from checkpoints;
+- AtomicCheckpointIO plugin (added in `instantiate_trainer` unless `trainer.plugins` holds a
+  CheckpointIO): checkpoint files are complete or absent, and a damaged one is named.
+
+Other wiring:
 - the DataModule's num_classes, in_chans and img_size are linked into the network's arguments;
-- checkpoints go to `<default_root_dir>/checkpoints`: the best by val/acc, and a last.ckpt kept
-  current every epoch, so `--ckpt_path=last` in a new process finds them;
+- the resolved `seed_everything` reaches the DataModule as `data.init_args.loader_seed`;
+- `--ckpt_path=last` means the newest of last.ckpt, on_exception.ckpt and SLURM's hpc_ckpt_*.ckpt;
 - W&B writes under default_root_dir, runs offline when there are no credentials, and receives the
   full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
-- the saved config.yaml may be overwritten, so a requeued run can write into the same directory;
-- `--ckpt_path=last` means the newest of last.ckpt, on_exception.ckpt and SLURM's hpc_ckpt_*.ckpt;
 - a fit that resumes keeps its W&B run (the id is persisted in default_root_dir), a fresh fit
   gets a new one; a W&B sweep agent's WANDB_RUN_ID always wins;
-- every run's summary holds its parameter count, devices, precision, git commit, throughput.
+- the saved config.yaml may be overwritten, so a requeued run can write into the same directory;
+- a `UserError` (e.g. a corrupt checkpoint, a NaN loss) prints one line and exits 1.
 """
 
 from __future__ import annotations
 
-import netrc
 import os
-import socket
 import sys
-from urllib.parse import urlparse
 
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
-from vit_lightning.callbacks import LastCheckpoint, PredictionWriter, RunSummary
-from vit_lightning.data import ImageDataModule
-from vit_lightning.faults import (
-    AtomicCheckpointIO,
+from vit_lightning.callbacks import (
+    LastCheckpoint,
     NonFiniteGuard,
+    PredictionWriter,
     Preemption,
-    UserError,
-    corrupt_checkpoint,
-    preempted_by,
+    RNGState,
+    RunSummary,
+    ValPictures,
 )
+from vit_lightning.checkpoints import AtomicCheckpointIO, checkpoint_dir, newest_checkpoint
+from vit_lightning.compat import CkptPathErrorsMixin
+from vit_lightning.data import ImageDataModule
+from vit_lightning.errors import UserError
 from vit_lightning.module import ViTClassifier
-from vit_lightning.pictures import ValPictures
-from vit_lightning.resume import RNGState, newest_checkpoint, wandb_run_id
+from vit_lightning.wandb_runs import configure_logger, finish_run
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
-
-
-def checkpoint_dir(default_root_dir: str | None) -> str:
-    return os.path.join(default_root_dir or ".", "checkpoints")
-
-
-def wandb_has_credentials() -> bool:
-    """True if W&B could log in without prompting: an API key in the environment or in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(wandb_url()).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_url() -> str:
-    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-
-
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B server opens within `timeout` seconds."""
-    url = urlparse(wandb_url())
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -87,11 +67,23 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams(config)
 
 
-class ViTLightningCLI(LightningCLI):
+class ViTLightningCLI(CkptPathErrorsMixin, LightningCLI):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(ViTClassifier, ImageDataModule, subclass_mode_data=True, **kwargs)
+        try:
+            super().__init__(ViTClassifier, ImageDataModule, subclass_mode_data=True, **kwargs)
+        except SystemExit as e:
+            signum = self.preempted_by()
+            if signum is not None and not e.code:  # Lightning exits 0 on SIGTERM
+                raise SystemExit(128 + signum) from e
+            raise
+
+    def preempted_by(self) -> int | None:
+        """The signal that stopped the run, once the Preemption callback has saved for it."""
+        callbacks = getattr(getattr(self, "trainer", None), "callbacks", [])
+        signals = (c.preempted_by for c in callbacks if isinstance(c, Preemption))
+        return next((s for s in signals if s is not None), None)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -116,14 +108,6 @@ class ViTLightningCLI(LightningCLI):
                 f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate"
             )
 
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hyperparameters first: name the file if it is damaged
-        try:
-            super()._parse_ckpt_path()
-        except Exception as e:
-            config = self.config[self.config.subcommand]
-            raise corrupt_checkpoint(config.get("ckpt_path"), e) from e
-
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -132,6 +116,7 @@ class ViTLightningCLI(LightningCLI):
             self.parser.error(f"invalid configuration: {_origin(e)}{e}")
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """Adds the RNGState callback and the AtomicCheckpointIO plugin (see the docstring above)."""
         trainer = self._get(self.config_init, "trainer", default={})
         listify = lambda v: [] if v is None else list(v) if isinstance(v, list) else [v]  # noqa: E731
         kwargs.setdefault("callbacks", [*listify(trainer.get("callbacks")), RNGState()])
@@ -141,6 +126,12 @@ class ViTLightningCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
+        """Resolves `--ckpt_path=last`, hands the seed to the DataModule and sets up W&B.
+
+        LightningCLI calls this after it has resolved `seed_everything` (an int, or False for no
+        seeding). That int becomes `data.init_args.loader_seed` when the DataModule takes one and
+        the user left it unset, so the loaders' shuffling and augmentation follow the run's seed.
+        """
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or "."
         if self.subcommand and config.get("ckpt_path") == "last":
@@ -148,28 +139,15 @@ class ViTLightningCLI(LightningCLI):
             if newest is not None:
                 rank_zero_info(f"ckpt_path=last: resuming from {newest} (the newest checkpoint)")
                 config.ckpt_path = str(newest)
+        seed, data_args = config.get("seed_everything"), config.get("data.init_args")
+        # no loader_seed key: a DataModule without that argument; False: the user turned seeding off
+        if type(seed) is int and data_args is not None and data_args.get("loader_seed", 0) is None:
+            data_args.loader_seed = seed
         resuming = bool(config.get("ckpt_path")) and os.path.isfile(str(config.ckpt_path))
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "class_path", "").endswith("WandbLogger"):
-                args = logger.init_args
-                if args.get("save_dir") in (None, "."):  # W&B's default is the cwd, not the run dir
-                    args.save_dir = root
-                if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
-                    args.offline = True  # never wait on a login or a server
-                elif not args.get("offline") and not wandb_reachable():
-                    rank_zero_warn(
-                        f"W&B server {wandb_url()} is unreachable: logging offline to "
-                        f"{root}/wandb. Upload later with `wandb sync {root}/wandb/offline-run-*`."
-                    )
-                    args.offline = True  # wandb.init would wait 90 s, then fail the run
-                if args.get("id") or args.get("version"):
-                    continue  # the user's choice
-                if os.environ.get("WANDB_RUN_ID"):  # set by a sweep agent: its run wins
-                    args.id = os.environ["WANDB_RUN_ID"]
-                elif self.subcommand == "fit":
-                    args.id = wandb_run_id(root, resuming)
-                    args.resume = "allow"
+                configure_logger(logger.init_args, root, self.subcommand, resuming)
 
 
 def _origin(e: BaseException) -> str:
@@ -189,15 +167,5 @@ def main(args: list[str] | None = None) -> ViTLightningCLI:
     except UserError as e:  # a message that says what to do: no traceback needed
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from e
-    except SystemExit as e:
-        if preempted_by() is not None and not e.code:  # Lightning exits 0 on SIGTERM
-            raise SystemExit(128 + preempted_by()) from e
-        raise
     finally:
-        # WandbLogger leaves its run open; close it so a later run in this process starts afresh,
-        # and stop W&B's service so the run files are complete when main() returns (finish()
-        # alone can return before the offline writer has flushed: seen as missing records)
-        wandb = sys.modules.get("wandb")
-        if wandb is not None and wandb.run is not None:
-            wandb.finish()
-            wandb.teardown()
+        finish_run()  # a later run in this process starts afresh, with complete run files

@@ -8,11 +8,12 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from vit_lightning import compat
 
 
 class ViTClassifier(L.LightningModule):
@@ -61,8 +62,15 @@ class ViTClassifier(L.LightningModule):
         compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
-        for name, value in [("lr", lr), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs),
-                            ("min_lr", min_lr), ("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)]:  # fmt: skip
+        non_negative = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "min_lr": min_lr,
+            "mixup_alpha": mixup_alpha,
+            "cutmix_alpha": cutmix_alpha,
+        }
+        for name, value in non_negative.items():
             if value < 0:
                 raise ValueError(f"model.{name}={value} must be >= 0")
         if lr_scaling not in ("none", "linear", "sqrt"):
@@ -74,7 +82,7 @@ class ViTClassifier(L.LightningModule):
         # Built by the CLI, hparams hold net's class_path/init_args (linked values included), so
         # `ViTClassifier.load_from_checkpoint(path)` rebuilds it. A net built in Python is not a
         # hyperparameter: its weights are in the state_dict, and pickling it would bloat hparams.
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() else ["net"])
+        self.save_hyperparameters(ignore=[] if compat.given_hyperparameters() else ["net"])
         self.net = net
         if compile:
             # in place: no `_orig_mod.` wrapper, and the first forward pays the compile time
@@ -131,9 +139,9 @@ class ViTClassifier(L.LightningModule):
             logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         # Metrics accumulate on the device with update(); self.log() runs only on the steps whose
-        # row the logger writes and at epoch end. Each self.log() call costs ~0.7 ms of host time
-        # for a Metric (Lightning moves it to the device on every call), and a float logged every
-        # step becomes a blocking host-to-device copy on CUDA.
+        # row the logger writes and at epoch end. Every self.log() call of a Metric costs host
+        # time (Lightning moves it to the device on every call), and a float logged every step
+        # becomes a blocking host-to-device copy on CUDA.
         self.train_loss.update(loss.detach())
         self.train_acc.update(logits.detach(), y)  # against the unmixed labels
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:

@@ -1,5 +1,6 @@
 """Pictures of a ViT and its predictions: attention from [CLS], attention rollout, prediction
-grids. Shared by the `ValPictures` callback and the notebooks. Needs matplotlib."""
+grids, confusion matrices. Shared by the `ValPictures` callback and the notebooks. Needs
+matplotlib."""
 
 from __future__ import annotations
 
@@ -75,8 +76,8 @@ def prediction_grid(images, probs, targets, class_names, cols: int = 8):
         ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
         p, t = int(pred[i]), int(targets[i])
         right = p == t
-        ax.set_title(f"{class_names[p]} ({conf[i]:.2f})\n{class_names[t]}",
-                     fontsize=7, color="green" if right else "red")  # fmt: skip
+        title = f"{class_names[p]} ({conf[i]:.2f})\n{class_names[t]}"
+        ax.set_title(title, fontsize=7, color="green" if right else "red")
     fig.tight_layout()
     return fig
 
@@ -102,5 +103,27 @@ def attention_figure(images, heads: torch.Tensor, rollout: torch.Tensor):
     axes[0, 1].set_title("rollout", fontsize=7)
     for j in range(h):
         axes[0, j + 2].set_title(f"head {j}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confmat: torch.Tensor, class_names: list[str]):
+    """Row-normalised confusion matrix (rows: true class), counts in the cells."""
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    rates = confmat.float() / confmat.sum(dim=1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(0.5 * n + 2, 0.5 * n + 1.5))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                c = int(confmat[i, j])
+                color = "white" if rates[i, j] > 0.5 else "black"
+                ax.text(j, i, c, ha="center", va="center", fontsize=6, color=color)
     fig.tight_layout()
     return fig

@@ -1,98 +1,16 @@
-"""Callbacks the CLI attaches to every run: a current last.ckpt, a predictions CSV, a run summary."""
+"""`RunSummary`: what makes runs comparable (size, devices, precision, commit, throughput)."""
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """Writes `last.ckpt` at the end of every epoch, and every N optimizer steps if asked.
-
-    A ModelCheckpoint that monitors a metric refreshes its `save_last` file only when the metric
-    improves, so `last.ckpt` goes stale. This one monitors nothing: it always saves, in place.
-    Lightning makes step and epoch triggers exclusive; here the step trigger is added to the epoch
-    one, and skipped on an epoch's last batch, whose save comes right after validation.
-
-    Args:
-        dirpath: Directory of `last.ckpt`; the CLI sets it to `<default_root_dir>/checkpoints`.
-        every_n_train_steps: Also save every N optimizer steps (mid-epoch), 0 to disable.
-    """
-
-    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0) -> None:
-        if every_n_train_steps < 0:
-            raise ValueError(f"every_n_train_steps={every_n_train_steps} must be >= 0")
-        super().__init__(
-            dirpath=dirpath,
-            filename=self.CHECKPOINT_NAME_LAST,
-            monitor=None,
-            save_top_k=1,
-            enable_version_counter=False,
-        )
-        self._every_n_train_steps = every_n_train_steps
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            super().on_train_batch_end(trainer, *args)
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Writes `predict` results to a CSV: one row per image with file, class and probability.
-
-    Args:
-        output_file: CSV path; defaults to `<default_root_dir>/predictions.csv`. Under DDP each
-            rank writes its own `-rank<N>` file.
-    """
-
-    def __init__(self, output_file: str | None = None) -> None:
-        super().__init__(write_interval="batch")
-        self.output_file = output_file
-        self._writer: Any = None
-        self._fh: Any = None
-        self._names: list[str] = []
-
-    def path(self, trainer: L.Trainer) -> str:
-        path = self.output_file or os.path.join(trainer.default_root_dir, "predictions.csv")
-        if trainer.world_size > 1:
-            root, ext = os.path.splitext(path)
-            path = f"{root}-rank{trainer.global_rank}{ext}"
-        return path
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        path = self.path(trainer)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._fh = open(path, "w", newline="")  # noqa: SIM115 - spans predict hooks
-        self._writer = csv.writer(self._fh)
-        self._writer.writerow(["file", "class", "class_index", "probability"])
-        self._names = trainer.datamodule.predict_names()  # once, not per batch
-
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: torch.Tensor,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
-    ) -> None:
-        class_names = trainer.datamodule.class_names
-        prob, idx = prediction.float().max(dim=-1)
-        for i, p, c in zip(batch_indices, prob.tolist(), idx.tolist(), strict=True):
-            self._writer.writerow([self._names[i], class_names[c], c, f"{p:.6f}"])
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fh.close()
-        print(f"Wrote predictions to {self.path(trainer)}")
 
 
 def git_commit() -> str:

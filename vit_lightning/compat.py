@@ -1,0 +1,137 @@
+"""Every use of a private or undocumented Lightning name, in one place.
+
+Each helper says why Lightning's public API is not enough. `check()` lists the names that the
+installed Lightning no longer has; `tests/test_compat.py` fails with that list, so a Lightning
+upgrade that breaks one of them is caught here and fixed here.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.core.mixins import hparams_mixin
+
+from vit_lightning.checkpoints import corrupt_checkpoint
+
+try:
+    # A DistributedSampler that does not pad the eval set to a multiple of the world size, so
+    # every sample is counted once (the default sampler repeats some and skews val/acc under DDP).
+    # Lightning uses it for its own distributed eval but does not document it.
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+except ImportError:  # check() names it; the data package fails when it builds the sampler
+    UnrepeatedDistributedSampler = None  # type: ignore[assignment,misc]
+
+
+def given_hyperparameters() -> bool:
+    """Whether the LightningModule is being built by LightningCLI, which records its init args.
+
+    LightningCLI then passes the parsed config (with `class_path`/`init_args` for nested modules)
+    through a context variable that `save_hyperparameters` reads; there is no public way to ask
+    whether it is set, and the module must know it to decide whether `net` is a hyperparameter.
+    """
+    return bool(hparams_mixin._given_hyperparameters.get())
+
+
+def _batch_progress(trainer: L.Trainer) -> Any:
+    return trainer.fit_loop.epoch_loop.batch_progress
+
+
+def train_batches_done(trainer: L.Trainer) -> int:
+    """Training batches consumed so far in the current epoch, restored on a mid-epoch resume.
+
+    The loop's progress counter is the only record of it: `trainer.global_step` counts optimizer
+    steps (not batches, under gradient accumulation) and is not per epoch.
+    """
+    return _batch_progress(trainer).current.processed
+
+
+def is_last_train_batch(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ended is the last of its training epoch.
+
+    Callbacks are not told; the training loop's progress tracker knows (it also handles
+    `limit_train_batches` and iterable datasets).
+    """
+    return _batch_progress(trainer).is_last_batch
+
+
+def cluster_environment(trainer: L.Trainer) -> Any:
+    """The trainer's ClusterEnvironment (e.g. SLURMEnvironment, to read `auto_requeue`).
+
+    `trainer.strategy.cluster_environment` exists only on parallel strategies; a single-device
+    SLURM job has one too, and only the accelerator connector holds it.
+    """
+    return trainer._accelerator_connector.cluster_environment
+
+
+def request_stop(trainer: L.Trainer) -> None:
+    """Make Lightning stop after the current batch exactly as it does on SIGTERM.
+
+    `trainer.should_stop` ends the fit as if it had finished (and waits for `min_epochs` or
+    `min_steps`); the signal connector's flag makes the training loop raise SIGTERMException, so
+    the run saves and exits like a preempted one. `trainer.received_sigterm` reads the flag but
+    has no setter.
+    """
+    trainer._signal_connector.received_sigterm = True
+
+
+class CkptPathErrorsMixin(LightningCLI):
+    """Names a damaged `--ckpt_path` file in a one-line error instead of a torch.load traceback.
+
+    LightningCLI loads the checkpoint's hyperparameters in `_parse_ckpt_path`, right after
+    `parse_arguments` returns and before any public hook runs; checking the file in
+    `parse_arguments` instead would read a large checkpoint twice.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        try:
+            super()._parse_ckpt_path()
+        except Exception as e:
+            config = self.config[self.config.subcommand]
+            raise corrupt_checkpoint(config.get("ckpt_path"), e) from e
+
+
+def check() -> list[str]:
+    """One line per private Lightning name used above that the installed Lightning lacks."""
+    missing = []
+    if UnrepeatedDistributedSampler is None:
+        missing.append("lightning.pytorch.overrides.distributed.UnrepeatedDistributedSampler")
+    if not isinstance(getattr(hparams_mixin, "_given_hyperparameters", None), ContextVar):
+        missing.append("lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters")
+    if not callable(getattr(LightningCLI, "_parse_ckpt_path", None)):
+        missing.append("lightning.pytorch.cli.LightningCLI._parse_ckpt_path")
+    log = logging.getLogger("lightning.pytorch")
+    level = log.level
+    log.setLevel(logging.WARNING)  # the probe's "GPU available: ..." lines would only be noise
+    try:
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    finally:
+        log.setLevel(level)
+    probes = [
+        ("trainer._accelerator_connector.cluster_environment", cluster_environment),
+        ("trainer.fit_loop.epoch_loop.batch_progress.current.processed", train_batches_done),
+        ("trainer.fit_loop.epoch_loop.batch_progress.is_last_batch", is_last_train_batch),
+        ("trainer._signal_connector.received_sigterm", _stops),
+    ]
+    for name, probe in probes:
+        try:
+            probe(trainer)
+        except AttributeError:
+            missing.append(name)
+    return missing
+
+
+def _stops(trainer: L.Trainer) -> None:
+    request_stop(trainer)
+    if not trainer.received_sigterm:
+        raise AttributeError("trainer.received_sigterm no longer reads the flag request_stop sets")

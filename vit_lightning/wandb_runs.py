@@ -1,0 +1,225 @@
+"""Everything W&B: when to log offline, which run a fit writes to, and reading runs back.
+
+- Credentials and the offline policy: `wandb_has_credentials`, `wandb_url`, `wandb_reachable`,
+  and `configure_logger`, which the CLI applies to every WandbLogger in the config.
+- Run-id persistence: `wandb_run_id` keeps one W&B run across requeues (`RUN_ID_FILE`).
+- Reading runs back: `read_offline_run` reads an offline run folder with wandb's own
+  `wandb leet inspect --json`; `offline_runs` merges the folders of a resumed run; `api_runs`
+  reads a project's runs from the server.
+- `finish_run` closes the run a WandbLogger leaves open.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import netrc
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+RUN_ID_FILE = "wandb-run-id"  # in default_root_dir
+
+
+def wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def wandb_has_credentials() -> bool:
+    """True if W&B could log in without prompting: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(wandb_url()).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the W&B server opens within `timeout` seconds."""
+    url = urlparse(wandb_url())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming: bool) -> None:
+    """Fill in a WandbLogger's init_args (a jsonargparse Namespace) in place, before it is built.
+
+    - `save_dir` defaults to `root` (W&B's own default is the cwd, not the run directory);
+    - offline when there are no credentials (unless WANDB_MODE=online), or when the server does
+      not answer, so a run never waits on a login or a server;
+    - the run id, unless the user set `id` or `version`: a sweep agent's WANDB_RUN_ID wins; a fit
+      gets `wandb_run_id(root, resuming)`, so a resumed fit keeps its run and a fresh one does not.
+    """
+    if init_args.get("save_dir") in (None, "."):
+        init_args.save_dir = root
+    if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
+        init_args.offline = True
+    elif not init_args.get("offline") and not wandb_reachable():
+        rank_zero_warn(
+            f"W&B server {wandb_url()} is unreachable: logging offline to "
+            f"{root}/wandb. Upload later with `wandb sync {root}/wandb/offline-run-*`."
+        )
+        init_args.offline = True  # wandb.init would wait 90 s, then fail the run
+    if init_args.get("id") or init_args.get("version"):
+        return  # the user's choice
+    if os.environ.get("WANDB_RUN_ID"):  # set by a sweep agent: its run wins
+        init_args.id = os.environ["WANDB_RUN_ID"]
+    elif subcommand == "fit":
+        init_args.id = wandb_run_id(root, resuming)
+        init_args.resume = "allow"
+
+
+def wandb_run_id(root: str | Path, resuming: bool) -> str | None:
+    """The W&B run id of the run in `root`: kept when resuming, new otherwise.
+
+    Rank 0 persists it in `<root>/wandb-run-id`, so a requeued or resumed job keeps writing to
+    the same W&B run. Other ranks only read it (they log nothing) and never write it.
+    """
+    path = Path(root) / RUN_ID_FILE
+    if resuming and path.is_file():
+        return path.read_text().strip() or None
+    if rank_zero_only.rank != 0:
+        return None
+    run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{RUN_ID_FILE}.tmp{os.getpid()}")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)  # atomic: a reader sees the old id or the new one, never half
+    return run_id
+
+
+def finish_run() -> None:
+    """Close the run a WandbLogger leaves open, so a later run in this process starts afresh.
+
+    Also stops W&B's service, so the run files are complete on return: `finish()` alone can
+    return before the offline writer has flushed (seen as missing records).
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+        wandb.teardown()
+
+
+# JSON has no NaN or infinity: the inspector writes a logged nan or inf as one of these strings
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()}
+
+
+def _wandb_executable() -> str:
+    beside = Path(sys.executable).with_name("wandb")  # the venv's, when PATH lacks it
+    found = str(beside) if beside.is_file() else shutil.which("wandb")
+    if found is None:
+        raise FileNotFoundError(
+            "the `wandb` command is not next to this Python nor on PATH; "
+            "install wandb (`pip install -U wandb`) to read offline runs"
+        )
+    return found
+
+
+def read_offline_run(run_dir: str) -> dict:
+    """Config, history rows and summary of an offline run folder (`wandb/offline-run-*`).
+
+    Offline runs keep everything, config included, in `run-<id>.wandb` (no files/config.yaml);
+    `wandb leet inspect --json` prints its records as JSON lines. A nested logged value (e.g. a
+    `log_image` entry) appears flattened, as wandb does: `val/predictions.filenames`.
+
+    Returns:
+        {"id", "group", "job_type", "tags", "config": nested dict, "history": [row dicts],
+        "summary": dict}.
+    """
+    files = sorted(glob.glob(os.path.join(run_dir, "run-*.wandb")))
+    if not files:
+        raise FileNotFoundError(
+            f"no run-*.wandb file in {run_dir}; pass an offline W&B run folder, "
+            "e.g. <default_root_dir>/wandb/offline-run-<time>-<id>"
+        )
+    cmd = [_wandb_executable(), "leet", "inspect", "--json", files[0]]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(
+            f"`{' '.join(cmd)}` failed on {run_dir} ({proc.stderr.strip()[-500:]}); reading "
+            "offline runs needs a wandb with `wandb leet inspect --json` (0.31 has it): "
+            "`pip install -U wandb`"
+        )
+    run = {
+        "id": None,
+        "group": "",
+        "job_type": "",
+        "tags": [],
+        "config": {},
+        "history": [],
+        "summary": {},
+    }
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        body = rec.get(rec.get("type"), {})
+        if rec.get("type") == "run":
+            run.update(id=body.get("run_id"), group=body.get("run_group", ""))
+            run.update(job_type=body.get("job_type", ""), tags=body.get("tags", []))
+            run["config"].update(body.get("config", {}).get("update", {}))
+        elif rec.get("type") == "config":
+            run["config"].update(body.get("update", {}))
+        elif rec.get("type") == "history":
+            run["history"].append(_numbers(body.get("item", {})))
+        elif rec.get("type") == "summary":
+            run["summary"].update(_numbers(body.get("update", {})))
+    return run
+
+
+def api_runs(path: str) -> list[dict]:
+    """Every run of a W&B project ("entity/project") through `wandb.Api()`.
+
+    Returns:
+        One dict per run, shaped like `offline_runs`'s: {"name": "<name> (<id>)", "config",
+        "history": every logged row, "summary"}.
+    """
+    import wandb
+
+    return [
+        {
+            "name": f"{r.name} ({r.id})",
+            "config": r.config,
+            "history": list(r.scan_history()),
+            "summary": r.summary_metrics,
+        }
+        for r in wandb.Api().runs(path)
+    ]
+
+
+def offline_runs(dirs: list[str]) -> list[dict]:
+    """Offline W&B runs; folders of one resumed run (same id) are merged in time order.
+
+    A resumed run keeps its id but writes a new `offline-run-<time>-<id>` folder: its history
+    is appended, and its config and summary update the earlier ones.
+
+    Returns:
+        One dict per run id, in order of first appearance: {"name": "<default_root_dir's name>
+        (<id>)", "config", "history", "summary"}.
+    """
+    runs: dict[str, dict] = {}
+    for d in sorted(map(Path, dirs), key=lambda d: d.name):  # offline-run-<time>-<id>
+        r = read_offline_run(str(d))
+        name = f"{d.parents[1].name} ({r['id']})"  # <default_root_dir>/wandb/offline-run-*
+        run = runs.setdefault(r["id"], {"name": name, "config": {}, "history": [], "summary": {}})
+        run["config"].update(r["config"])
+        run["history"] += r["history"]
+        run["summary"].update(r["summary"])
+    return list(runs.values())
