@@ -26,8 +26,14 @@ from benchmarks.common import ROOT
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
@@ -53,16 +59,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if "model" in only:
             print("ours vs timm ...", flush=True)
-            sections.append("#### Our ViT against timm's (same config, same weights)\n\n"
-                            + model.run(args.device, args.repeats, compiled, amp))  # fmt: skip
+            sections.append(
+                "#### Our ViT against timm's (same config, same weights)\n\n"
+                + model.run(args.device, args.repeats, compiled, amp)
+            )
         if "overhead" in only:
             print("Lightning overhead ...", flush=True)
-            sections.append("#### Lightning `fit()` against a bare PyTorch loop\n\n"
-                            + overhead.run(args.device, args.repeats, tmp))  # fmt: skip
+            sections.append(
+                "#### Lightning `fit()` against a bare PyTorch loop\n\n"
+                + overhead.run(args.device, args.repeats, tmp)
+            )
         if "data" in only:
             print("data pipeline ...", flush=True)
-            sections.append("#### Data pipeline: train loader against the model\n\n"
-                            + data_pipeline.run(args.device, 3, Path(tmp) / "cifar", compiled))  # fmt: skip
+            sections.append(
+                "#### Data pipeline: train loader against the model\n\n"
+                + data_pipeline.run(args.device, 3, Path(tmp) / "cifar", compiled)
+            )
         if cuda and "gpu" in only:
             from benchmarks import gpu
 

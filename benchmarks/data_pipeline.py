@@ -29,8 +29,12 @@ def write_cifar10(root: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng, sums = np.random.default_rng(0), {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        blob = pickle.dumps({"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8),
-                             "labels": rng.integers(0, 10, 10000).tolist()})  # fmt: skip
+        blob = pickle.dumps(
+            {
+                "data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8),
+                "labels": rng.integers(0, 10, 10000).tolist(),
+            }
+        )
         (folder / name).write_bytes(blob)
         sums[name] = hashlib.md5(blob).hexdigest()
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list("abcdefghij")}))
@@ -53,8 +57,9 @@ def loader_rate(dm: CIFAR10DataModule, device: str, batches: int) -> float:
     for _ in range(batches):
         batch = next(it)
         if isinstance(batch, dict):
-            batch = dm.on_after_batch_transfer({k: v.to(device) if torch.is_tensor(v) else v
-                                                for k, v in batch.items()}, 0)  # fmt: skip
+            batch = dm.on_after_batch_transfer(
+                {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, 0
+            )
         n += len(batch[0])
     sync(device)
     return n / (time.perf_counter() - t)
@@ -68,11 +73,19 @@ def run(device: str, repeats: int, data_dir: Path, compiled: bool) -> str:
     setups = {
         f"torchvision, {cfg['augment']} + erasing, {workers} workers (the config)": cfg,
         f"torchvision, {cfg['augment']} + erasing, 1 worker": {**cfg, "num_workers": 1},
-        "torchvision, crop + flip only, 1 worker": {**cfg, "num_workers": 1, "augment": "none",
-                                                    "random_erasing": 0.0},
-        "device pipeline (crop + flip on the device)": {**cfg, "augment": "none",
-                                                        "random_erasing": 0.0, "device_pipeline": True},
-    }  # fmt: skip
+        "torchvision, crop + flip only, 1 worker": {
+            **cfg,
+            "num_workers": 1,
+            "augment": "none",
+            "random_erasing": 0.0,
+        },
+        "device pipeline (crop + flip on the device)": {
+            **cfg,
+            "augment": "none",
+            "random_erasing": 0.0,
+            "device_pipeline": True,
+        },
+    }
     rates = {}
     for name, kw in setups.items():
         dm = CIFAR10DataModule(**kw)

@@ -28,8 +28,16 @@ PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100",
              ("L4", 121e12), ("A10", 125e12)]  # fmt: skip
 
 
-def forward_flops(img_size: int, patch_size: int, embed_dim: int, depth: int, mlp_ratio: float = 4.0,
-                  num_classes: int = 1000, in_chans: int = 3, **_) -> float:  # fmt: skip
+def forward_flops(
+    img_size: int,
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    mlp_ratio: float = 4.0,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    **_,
+) -> float:
     """FLOPs of one image's forward pass through a standard ViT (2 per multiply-add)."""
     n_patch, d = (img_size // patch_size) ** 2, embed_dim
     n = n_patch + 1
@@ -43,20 +51,28 @@ def peak_flops(device_name: str) -> float | None:
 
 
 def mfu(repeats: int, device: str = "cuda", batch: int = 256, img_size: int = 224) -> str:
-    kw = dict(img_size=img_size, patch_size=16, embed_dim=384, depth=12, num_heads=6,
-              num_classes=1000)  # fmt: skip
+    kw = dict(
+        img_size=img_size, patch_size=16, embed_dim=384, depth=12, num_heads=6, num_classes=1000
+    )
     name = torch.cuda.get_device_name() if device == "cuda" else device
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     models = variants(kw, True, device)
-    t = interleaved({k: train_steps(m, x, y, 5, torch.bfloat16) for k, m in models.items()},
-                    repeats, device)  # fmt: skip
+    t = interleaved(
+        {k: train_steps(m, x, y, 5, torch.bfloat16) for k, m in models.items()}, repeats, device
+    )
     per_img, peak = 3 * forward_flops(**kw), peak_flops(name)
     rows = []
     for k, v in t.items():
         ips = 5 * batch / v
-        rows.append([k, f"{ips:,.0f}", f"{ips * per_img / 1e12:.0f}",
-                     f"{100 * ips * per_img / peak:.1f}%" if peak else "peak unknown"])  # fmt: skip
+        rows.append(
+            [
+                k,
+                f"{ips:,.0f}",
+                f"{ips * per_img / 1e12:.0f}",
+                f"{100 * ips * per_img / peak:.1f}%" if peak else "peak unknown",
+            ]
+        )
     return (
         f"ViT-S/16 at {img_size}, batch {batch}, bf16 autocast, {name} (peak "
         f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s dense bf16), "
@@ -80,14 +96,28 @@ def cifar_epochs(
     for name, (device_pipeline, compiled) in setups.items():
         torch.manual_seed(0)
         module = ViTClassifier(VisionTransformer(**cifar_net_kwargs()), compile=compiled)
-        dm = CIFAR10DataModule(str(data_dir), download=False, batch_size=512, num_workers=workers,
-                               device_pipeline=device_pipeline)  # fmt: skip
+        dm = CIFAR10DataModule(
+            str(data_dir),
+            download=False,
+            batch_size=512,
+            num_workers=workers,
+            device_pipeline=device_pipeline,
+        )
         timer = EpochTimer()
-        trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-mixed", max_epochs=3,
-                            limit_train_batches=limit,
-                            limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[timer])  # fmt: skip
+        trainer = L.Trainer(
+            accelerator=device,
+            devices=1,
+            precision="bf16-mixed",
+            max_epochs=3,
+            limit_train_batches=limit,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+        )
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             trainer.fit(module, dm)
         best = min(timer.epochs[1:])  # epoch 0 pays compilation and worker start-up

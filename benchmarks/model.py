@@ -18,16 +18,23 @@ from vit_lightning import VisionTransformer
 def configs(device: str) -> list[tuple[str, dict, int]]:
     """(name, VisionTransformer kwargs, batch size): the CIFAR recipe's net and a patch-16 one."""
     cuda = device == "cuda"
-    p16 = dict(img_size=224, patch_size=16, embed_dim=384 if cuda else 192, depth=12,
-               num_heads=6 if cuda else 3, num_classes=1000)  # fmt: skip
+    p16 = dict(
+        img_size=224,
+        patch_size=16,
+        embed_dim=384 if cuda else 192,
+        depth=12,
+        num_heads=6 if cuda else 3,
+        num_classes=1000,
+    )
     return [
         ("CIFAR net (configs/cifar10.yaml), 32px", cifar_net_kwargs(), 512 if cuda else 64),
         (f"ViT-{'S' if cuda else 'Ti'}/16, 224px", p16, 128 if cuda else 16),
     ]
 
 
-def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
-                amp: torch.dtype | None) -> Callable[[], None]:  # fmt: skip
+def train_steps(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, amp: torch.dtype | None
+) -> Callable[[], None]:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), fused=x.is_cuda)
 
@@ -42,8 +49,9 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
     return run
 
 
-def infer_steps(model: nn.Module, x: torch.Tensor, steps: int,
-                amp: torch.dtype | None) -> Callable[[], None]:  # fmt: skip
+def infer_steps(
+    model: nn.Module, x: torch.Tensor, steps: int, amp: torch.dtype | None
+) -> Callable[[], None]:
     model.eval()
 
     @torch.no_grad()
@@ -71,28 +79,38 @@ def variants(kwargs: dict, compiled: bool, device: str) -> dict[str, nn.Module]:
 def run(device: str, repeats: int, compiled: bool, amp: torch.dtype | None) -> str:
     train_rows, infer_rows = [], []
     for name, kwargs, batch in configs(device):
-        x = torch.randn(batch, kwargs.get("in_chans", 3), kwargs["img_size"], kwargs["img_size"],
-                        device=device)  # fmt: skip
+        x = torch.randn(
+            batch, kwargs.get("in_chans", 3), kwargs["img_size"], kwargs["img_size"], device=device
+        )
         y = torch.randint(0, kwargs["num_classes"], (batch,), device=device)
         steps = 3 if device == "cuda" else 2
-        train = {k: train_steps(m, x, y, steps, amp)
-                 for k, m in variants(kwargs, compiled, device).items()}  # fmt: skip
-        infer = {k: infer_steps(m, x, 2 * steps, amp)
-                 for k, m in variants(kwargs, compiled, device).items()}  # fmt: skip
+        train = {
+            k: train_steps(m, x, y, steps, amp)
+            for k, m in variants(kwargs, compiled, device).items()
+        }
+        infer = {
+            k: infer_steps(m, x, 2 * steps, amp)
+            for k, m in variants(kwargs, compiled, device).items()
+        }
         for rows, fns, per_call in ((train_rows, train, steps), (infer_rows, infer, 2 * steps)):
             t = interleaved(fns, repeats, device)
             ips = {k: batch * per_call / v for k, v in t.items()}
             row = [name, batch, ips["ours"], ips["timm"], ips["ours"] / ips["timm"]]
             if compiled:
-                row += [ips["ours compiled"], ips["timm compiled"],
-                        ips["ours compiled"] / ips["timm compiled"],
-                        ips["ours compiled"] / ips["ours"]]  # fmt: skip
+                row += [
+                    ips["ours compiled"],
+                    ips["timm compiled"],
+                    ips["ours compiled"] / ips["timm compiled"],
+                    ips["ours compiled"] / ips["ours"],
+                ]
             rows.append(row)
         print(f"  {name}: done", flush=True)
     head = ["config", "batch", "ours img/s", "timm img/s", "**ours / timm**"]
     if compiled:
         head += ["ours compiled", "timm compiled", "**ours / timm, compiled**", "compiled / eager"]
     return (
-        "**Train step** (forward, backward, AdamW step):\n\n" + table(head, train_rows)
-        + "\n\n**Inference** (eval mode, no_grad):\n\n" + table(head, infer_rows)
-    )  # fmt: skip
+        "**Train step** (forward, backward, AdamW step):\n\n"
+        + table(head, train_rows)
+        + "\n\n**Inference** (eval mode, no_grad):\n\n"
+        + table(head, infer_rows)
+    )

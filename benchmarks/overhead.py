@@ -22,10 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import alternating, cifar_net_kwargs, sync, table
 from vit_lightning import VisionTransformer
-from vit_lightning.callbacks import RunSummary
-from vit_lightning.faults import NonFiniteGuard
+from vit_lightning.callbacks import NonFiniteGuard, RNGState, RunSummary
 from vit_lightning.module import ViTClassifier
-from vit_lightning.resume import RNGState
 
 
 class Minimal(L.LightningModule):
@@ -62,8 +60,9 @@ class EpochTimer(L.Callback):
         self.epochs.append(time.perf_counter() - self._t)
 
 
-def bare_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-               device: str) -> float:  # fmt: skip
+def bare_epoch(
+    net: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, device: str
+) -> float:
     sync(device)
     t = time.perf_counter()
     for x, y in loader:
@@ -76,15 +75,23 @@ def bare_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoa
     return time.perf_counter() - t
 
 
-def lightning_epoch(module: L.LightningModule, loader: DataLoader, device: str, template: bool,
-                    log_dir: str) -> float:  # fmt: skip
+def lightning_epoch(
+    module: L.LightningModule, loader: DataLoader, device: str, template: bool, log_dir: str
+) -> float:
     timer = EpochTimer()
     callbacks = [timer] + ([NonFiniteGuard(), RNGState(), RunSummary()] if template else [])
     trainer = L.Trainer(
-        accelerator=device, devices=1, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=template,
-        logger=CSVLogger(log_dir) if template else False, callbacks=callbacks,
-    )  # fmt: skip
+        accelerator=device,
+        devices=1,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=template,
+        logger=CSVLogger(log_dir) if template else False,
+        callbacks=callbacks,
+    )
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         trainer.fit(module, loader)
     return timer.seconds
@@ -93,12 +100,15 @@ def lightning_epoch(module: L.LightningModule, loader: DataLoader, device: str, 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10)
 
 
-def compare(device: str, repeats: int, log_dir: str, net_kwargs: dict, steps: int,
-            batch: int) -> dict[str, float]:  # fmt: skip
+def compare(
+    device: str, repeats: int, log_dir: str, net_kwargs: dict, steps: int, batch: int
+) -> dict[str, float]:
     """Median epoch seconds of the bare loop, minimal Lightning and the template."""
     g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(steps * batch, 3, 32, 32, generator=g),
-                         torch.randint(0, 10, (steps * batch,), generator=g))  # fmt: skip
+    data = TensorDataset(
+        torch.randn(steps * batch, 3, 32, 32, generator=g),
+        torch.randint(0, 10, (steps * batch,), generator=g),
+    )
     torch.manual_seed(0)
     base = VisionTransformer(**net_kwargs)
     bare_net = copy.deepcopy(base).to(device)
@@ -107,14 +117,19 @@ def compare(device: str, repeats: int, log_dir: str, net_kwargs: dict, steps: in
     template = ViTClassifier(copy.deepcopy(base), warmup_epochs=0, label_smoothing=0.0)
 
     def loader() -> DataLoader:
-        return DataLoader(data, batch_size=batch, shuffle=True, drop_last=True,
-                          pin_memory=device == "cuda")  # fmt: skip
+        return DataLoader(
+            data, batch_size=batch, shuffle=True, drop_last=True, pin_memory=device == "cuda"
+        )
 
     fns = {
         "bare PyTorch loop": lambda: bare_epoch(bare_net, bare_opt, loader(), device),
-        "Lightning, minimal module": lambda: lightning_epoch(minimal, loader(), device, False, log_dir),
-        "Lightning, this template": lambda: lightning_epoch(template, loader(), device, True, log_dir),
-    }  # fmt: skip
+        "Lightning, minimal module": lambda: lightning_epoch(
+            minimal, loader(), device, False, log_dir
+        ),
+        "Lightning, this template": lambda: lightning_epoch(
+            template, loader(), device, True, log_dir
+        ),
+    }
     return alternating(fns, repeats)  # each fn returns its own epoch time
 
 

@@ -19,11 +19,9 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from benchmarks.common import ROOT, cifar_net_kwargs
 from vit_lightning import VisionTransformer
-from vit_lightning.callbacks import RunSummary
+from vit_lightning.callbacks import NonFiniteGuard, RNGState, RunSummary
 from vit_lightning.data import SyntheticDataModule
-from vit_lightning.faults import NonFiniteGuard
 from vit_lightning.module import ViTClassifier
-from vit_lightning.resume import RNGState
 
 
 class Profile(L.Callback):
@@ -47,14 +45,23 @@ def main() -> None:
     dm = SyntheticDataModule(train_size=12 * args.batch, val_size=args.batch, batch_size=args.batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    with profile(activities=activities, schedule=schedule(wait=2, warmup=2, active=4, repeat=1),
-                 record_shapes=False, with_stack=False) as prof:  # fmt: skip
+    with profile(
+        activities=activities,
+        schedule=schedule(wait=2, warmup=2, active=4, repeat=1),
+        record_shapes=False,
+        with_stack=False,
+    ) as prof:
         trainer = L.Trainer(
-            accelerator=args.device, devices=1, max_epochs=1, logger=False, limit_val_batches=0,
+            accelerator=args.device,
+            devices=1,
+            max_epochs=1,
+            logger=False,
+            limit_val_batches=0,
             precision="bf16-mixed" if args.device == "cuda" else "32-true",
-            enable_checkpointing=False, default_root_dir=args.out,
+            enable_checkpointing=False,
+            default_root_dir=args.out,
             callbacks=[Profile(prof), NonFiniteGuard(), RNGState(), RunSummary()],
-        )  # fmt: skip
+        )
         with contextlib.redirect_stderr(io.StringIO()):
             trainer.fit(module, dm)
     sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"

@@ -11,7 +11,7 @@ from helpers import ROOT, SMOKE, smoke_args
 from PIL import Image
 
 from vit_lightning.cli import ViTLightningCLI, main
-from vit_lightning.wandb_offline import read_offline_run
+from vit_lightning.wandb_runs import read_offline_run
 
 
 @pytest.fixture(scope="module")

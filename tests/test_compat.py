@@ -2,6 +2,7 @@
 
 import lightning as L
 import pytest
+from helpers.trainer import QUIET
 from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -11,13 +12,6 @@ from torch.utils.data import DistributedSampler
 from vit_lightning import compat
 from vit_lightning.errors import UserError
 
-QUIET = dict(
-    accelerator="cpu",
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-)
 # seed_everything_default=False: no global seeding as a side effect of these tests
 CLI_ARGS = dict(trainer_defaults=QUIET, seed_everything_default=False)
 

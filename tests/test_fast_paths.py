@@ -11,15 +11,16 @@ import lightning as L
 import pytest
 import torch
 from helpers import smoke_args
+from helpers.trainer import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms.v2 import functional as TF
 
 from vit_lightning import VisionTransformer
 from vit_lightning.data import CIFAR10DataModule, SyntheticDataModule
-from vit_lightning.loader import ResumableSampler
+from vit_lightning.data.device_pipeline import ResidentImages
+from vit_lightning.data.sampling import ResumableSampler
 from vit_lightning.module import ViTClassifier
-from vit_lightning.resident import ResidentImages
 
 CELLS = 9 * 9 * 2  # RandomCrop(32, padding=4): top, left in [0, 8]; flip or not
 
@@ -136,13 +137,7 @@ def test_device_pipeline_trains_through_the_trainer(cifar10):
         num_workers=4,
         device_pipeline=True,
     )
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=2)
     trainer.fit(model, dm)
     assert trainer.global_step == 2 * (80 // 16)
     assert trainer.train_dataloader.num_workers == 0  # index batches need no workers
@@ -163,13 +158,7 @@ def test_compiled_model_trains_and_checkpoints_without_orig_mod(tmp_path):
     torch.manual_seed(0)
     model = ViTClassifier(_tiny_net(), warmup_epochs=0, compile=True)  # inductor, C++ on CPU
     dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=64, val_size=32, batch_size=16)
-    trainer = L.Trainer(
-        max_epochs=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path, enable_checkpointing=True)
     trainer.fit(model, dm)
     from torch._dynamo.utils import counters
 
@@ -283,13 +272,11 @@ def test_training_and_logging_do_not_sync_every_step(mixup, tmp_path):
         num_classes=4, img_size=16, train_size=24 * 8, val_size=32, batch_size=8
     )
     syncs = HostSyncs()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
         log_every_n_steps=10,
         logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
         enable_progress_bar=True,
-        enable_model_summary=False,
         callbacks=[_StepTag(syncs)],
     )
     with syncs:
@@ -347,14 +334,8 @@ def test_steps_call_self_log_only_on_logger_rows(monkeypatch, tmp_path):
     dm = SyntheticDataModule(
         num_classes=4, img_size=16, train_size=12 * 8, val_size=32, batch_size=8
     )
-    trainer = L.Trainer(
-        max_epochs=1,
-        log_every_n_steps=5,
-        logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Tag()],
+    trainer = quiet_trainer(
+        max_epochs=1, log_every_n_steps=5, logger=CSVLogger(tmp_path), callbacks=[Tag()]
     )
     trainer.fit(model, dm)
     in_steps = {k for k in calls if k[0] is not None}

@@ -9,20 +9,20 @@ import torch
 from helpers import smoke_args
 from torchvision.datasets import CIFAR10
 
-from vit_lightning import faults
+from vit_lightning import checkpoints
 from vit_lightning.cli import main
 from vit_lightning.data import CIFAR10DataModule, FashionMNISTDataModule
 
 
 def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    io, path = faults.AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io, path = checkpoints.AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
 
     def dies_halfway(obj, f):  # the process "crashes" after writing part of the file
         f.write(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(faults.torch, "save", dies_halfway)
+    monkeypatch.setattr(checkpoints.torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
     assert io.load_checkpoint(path)["step"] == 1  # still the complete previous file
@@ -32,7 +32,7 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypa
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_a_corrupt_checkpoint_is_named(tmp_path, damage, capsys):
     good = tmp_path / "good.ckpt"
-    faults.AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(4096)}}, good)
+    checkpoints.AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(4096)}}, good)
     bad = tmp_path / "last.ckpt"
     data = good.read_bytes()
     bad.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a checkpoint")

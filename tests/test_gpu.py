@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from vit_lightning import VisionTransformer
+from vit_lightning.callbacks import NonFiniteGuard
 from vit_lightning.data import SyntheticDataModule
-from vit_lightning.faults import NonFiniteGuard
+from vit_lightning.data.device_pipeline import ResidentImages
 from vit_lightning.module import ViTClassifier
-from vit_lightning.resident import ResidentImages
 
 pytestmark = pytest.mark.gpu
 

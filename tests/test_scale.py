@@ -15,12 +15,13 @@ import torch
 import yaml
 from helpers import smoke_args
 from helpers.signal_at import signal_at
+from helpers.trainer import quiet_trainer
 
 from vit_lightning import VisionTransformer
 from vit_lightning.cli import main
 from vit_lightning.data import SyntheticDataModule
 from vit_lightning.module import ViTClassifier
-from vit_lightning.wandb_offline import read_offline_run
+from vit_lightning.wandb_runs import read_offline_run
 
 
 def _csv_metric(save_dir: Path, key: str) -> float:
@@ -84,15 +85,7 @@ def _fit_weights(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
     )
     model = ViTClassifier(net, lr=1e-3, warmup_epochs=0, label_smoothing=0.1)
     dm = SyntheticDataModule(train_size=128, val_size=16, batch_size=batch_size)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=2, accumulate_grad_batches=accumulate, limit_val_batches=0)
     trainer.fit(model, dm)
     assert model.global_batch_size == 32 and trainer.global_step == 2 * 128 // 32
     return model.state_dict()
@@ -109,14 +102,7 @@ def test_lr_scales_with_the_global_batch_size(scaling, factor):
     net = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     model = ViTClassifier(net, lr=1e-3, min_lr=1e-5, lr_scaling=scaling, base_batch_size=64)
     dm = SyntheticDataModule(train_size=256, val_size=16, batch_size=32)
-    trainer = L.Trainer(
-        max_steps=1,
-        accumulate_grad_batches=4,
-        logger=False,
-        limit_val_batches=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
+    trainer = quiet_trainer(max_steps=1, accumulate_grad_batches=4, limit_val_batches=0)
     trainer.fit(model, dm)  # global batch 32 x 1 device x 4 = 128 = 2 x base_batch_size
     (group, *_) = trainer.optimizers[0].param_groups
     assert group["initial_lr"] == pytest.approx(1e-3 * factor)

@@ -183,6 +183,8 @@ class ImageDataModule(L.LightningDataModule):
         """Device pipeline: an index batch, now on the device, becomes the augmented `(x, y)`."""
         if isinstance(batch, dict) and "index" in batch:
             sets = (self.train_set, self.val_set, self.test_set, self.predict_set)
-            ds = next(s for s in sets if isinstance(s, ResidentImages) and s.split == batch["split"])
+            ds = next(
+                s for s in sets if isinstance(s, ResidentImages) and s.split == batch["split"]
+            )
             return ds.batch(batch["index"], batch.get("shift"), batch.get("flip"))
         return batch

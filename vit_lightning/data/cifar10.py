@@ -99,7 +99,11 @@ class CIFAR10DataModule(TorchvisionDataModule):
 
     def damaged_files(self) -> list[tuple[Path, str]]:
         folder = self.root / CIFAR10.base_folder
-        files = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+        files = [
+            *CIFAR10.train_list,
+            *CIFAR10.test_list,
+            [CIFAR10.meta["filename"], CIFAR10.meta["md5"]],
+        ]
         return [
             (folder / name, "checksum mismatch: truncated or altered")
             for name, md5 in files

@@ -146,8 +146,14 @@ class TorchvisionDataModule(ImageDataModule):
             train_idx, val_idx = self.split_indices(len(images), self.val_size, self.split_seed)
             train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
             train = ResidentImages(
-                images[train_idx], labels[train_idx], self.mean, self.std, "train",
-                pad=pad, flip=flip, seed=self.seed,
+                images[train_idx],
+                labels[train_idx],
+                self.mean,
+                self.std,
+                "train",
+                pad=pad,
+                flip=flip,
+                seed=self.seed,
             )
             val = ResidentImages(images[val_idx], labels[val_idx], self.mean, self.std, "val")
             return train, val

@@ -1,2 +1,0 @@
-# TEMPORARY shim
-from vit_lightning.data.device_pipeline import *  # noqa: F403
