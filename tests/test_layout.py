@@ -1,6 +1,7 @@
 """The code's layout contracts: old config paths keep loading, augmentation choices come from one
 table per dataset, private Lightning names stay in compat.py, and modules stay small."""
 
+import importlib
 import re
 import typing
 from pathlib import Path
@@ -12,7 +13,7 @@ from helpers import ROOT, SMOKE
 
 import vit_lightning
 from vit_lightning import data
-from vit_lightning.cli import main
+from vit_lightning.cli import ViTLightningCLI, main
 from vit_lightning.data import augment
 
 PACKAGE = Path(vit_lightning.__file__).parent
@@ -42,6 +43,12 @@ OLD_SYNTHETIC_HPARAMS = {
 }
 
 
+def _import(class_path: str) -> type:
+    """What a config or checkpoint's `class_path` resolves to."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def test_a_checkpoint_naming_the_old_data_path_loads(tmp_path):
     cli = main(
         [
@@ -63,7 +70,7 @@ def test_a_checkpoint_naming_the_old_data_path_loads(tmp_path):
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
 
-    dm = L.LightningDataModule.load_from_checkpoint(old)
+    dm = _import(OLD_SYNTHETIC_HPARAMS["_class_path"]).load_from_checkpoint(old)
     assert isinstance(dm, data.SyntheticDataModule) and dm.seed == 0 and dm.batch_size == 64
     # and through the CLI, which reads the checkpoint's hyperparameters into the config
     again = main(
@@ -91,7 +98,7 @@ def test_old_class_paths_with_every_argument_of_the_time_load(name, tmp_path):
            "_instantiator": "lightning.pytorch.cli.instantiate_module"}  # fmt: skip
     ckpt = {"pytorch-lightning_version": L.__version__, "datamodule_hyper_parameters": old}
     torch.save(ckpt, tmp_path / "dm.ckpt")
-    dm = L.LightningDataModule.load_from_checkpoint(tmp_path / "dm.ckpt")
+    dm = _import(old["_class_path"]).load_from_checkpoint(tmp_path / "dm.ckpt")
     assert type(dm) is TABLES[name] and dm.val_size == 10 and dm.batch_size == 8
 
 
@@ -142,3 +149,20 @@ def test_modules_stay_small():
         if p.name != "vit.py" and (n := len(p.read_text().splitlines())) > 350
     }
     assert not long, f"split these modules (lines): {long}"
+
+
+@pytest.mark.parametrize("args,expected", [([], 0), (["--seed_everything=5"], 5),
+                                           (["--seed_everything=5", "--data.loader_seed=3"], 3)])  # fmt: skip
+def test_the_run_seed_reaches_the_datamodule_as_an_argument(args, expected, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "99")  # no longer read: the seed is a config value
+    cli = ViTLightningCLI(args=["--config", SMOKE, "--trainer.logger=false", *args], run=False)
+    assert cli.datamodule.seed == expected == cli.datamodule.hparams.loader_seed
+    assert data.SyntheticDataModule().seed == 0  # built by hand: 0 unless given
+    assert data.SyntheticDataModule(loader_seed=4).seed == 4
+
+
+def test_preemption_state_lives_on_the_callback():
+    from vit_lightning.callbacks import preemption
+
+    assert not [n for n in vars(preemption) if n.startswith("_preempted")]  # no module global
+    assert preemption.Preemption().preempted_by is None
