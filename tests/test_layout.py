@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from helpers import ROOT, SMOKE
 
 import vit_lightning
@@ -166,3 +167,9 @@ def test_preemption_state_lives_on_the_callback():
 
     assert not [n for n in vars(preemption) if n.startswith("_preempted")]  # no module global
     assert preemption.Preemption().preempted_by is None
+
+
+def test_swept_augment_values_are_policies_of_the_table():
+    sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / "cifar10.yaml").read_text())
+    values = sweep["parameters"]["data.init_args.augment"]["values"]
+    assert set(values) <= set(data.CIFAR10DataModule.AUGMENT), values

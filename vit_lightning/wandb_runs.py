@@ -152,7 +152,7 @@ def read_offline_run(run_dir: str) -> dict:
             "e.g. <default_root_dir>/wandb/offline-run-<time>-<id>"
         )
     cmd = [_wandb_executable(), "leet", "inspect", "--json", files[0]]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode:
         raise RuntimeError(
             f"`{' '.join(cmd)}` failed on {run_dir} ({proc.stderr.strip()[-500:]}); reading "
