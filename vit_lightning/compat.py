@@ -107,14 +107,7 @@ def check() -> list[str]:
     level = log.level
     log.setLevel(logging.WARNING)  # the probe's "GPU available: ..." lines would only be noise
     try:
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)  # never fits
     finally:
         log.setLevel(level)
     probes = [
