@@ -173,3 +173,13 @@ def test_swept_augment_values_are_policies_of_the_table():
     sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / "cifar10.yaml").read_text())
     values = sweep["parameters"]["data.init_args.augment"]["values"]
     assert set(values) <= set(data.CIFAR10DataModule.AUGMENT), values
+
+
+def test_the_readme_map_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        str(p.relative_to(ROOT))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if f"| `{p.relative_to(ROOT)}` |" not in readme
+    ]
+    assert not missing, f"add these to README.md's 'What is where': {missing}"
