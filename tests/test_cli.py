@@ -121,11 +121,13 @@ def test_a_requeued_run_writes_into_the_same_directory_and_resumes(tmp_path):
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 2 * (128 // 64)
 
 
-def test_missing_dataset_fails_fast_naming_the_fix(tmp_path):
+def test_missing_dataset_fails_fast_naming_the_fix(tmp_path, capsys):
     config = str(ROOT / "configs" / "cifar10.yaml")
     args = [f"--data.data_dir={tmp_path}", "--data.download=false", "--trainer.logger=false"]
-    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+    with pytest.raises(SystemExit) as exit_info:  # one line, not a traceback (issue 13)
         main(["fit", "--config", config, *args, f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 1
+    assert "cifar-10-python.tar.gz" in capsys.readouterr().err
 
 
 def test_ema_weights_via_lightnings_callback(tmp_path):

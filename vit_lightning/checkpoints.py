@@ -3,15 +3,21 @@
 - `CHECKPOINT_DIR`, `LAST_CHECKPOINT`, `checkpoint_dir`: the folder and file names, defined once.
 - `newest_checkpoint`: what `--ckpt_path=last` resumes from.
 - `AtomicCheckpointIO`: checkpoint files that are either complete or absent.
-- `corrupt_checkpoint`: the error that names a damaged checkpoint file and the way out.
+- `remove_stale_temp_files`: what a killed save left behind.
+- `corrupt_checkpoint`, `disk_full`: the errors that name the file and the way out.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
+import fsspec.utils
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -48,6 +54,48 @@ def newest_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> P
     return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
+def is_local(path: str | Path) -> bool:
+    """Whether `path` is on this machine's filesystem, not an fsspec URL such as `s3://...`."""
+    return fsspec.utils.get_protocol(str(path)) in ("file", "local")
+
+
+# `.last.ckpt.tmp<pid>@<host>`: the host, because a shared filesystem shows other nodes' saves
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:@(?P<host>[\w.-]+))?$")
+
+
+def _host() -> str:
+    return re.sub(r"[^\w.-]", "_", socket.gethostname())
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}@{_host()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Deletes the temp files of saves whose process died (e.g. a kill -9 mid-save); returns them.
+
+    A temp file is stale when it was written on this host by a process that no longer exists; a
+    live process's file, and one from another host, are left alone.
+    """
+    removed = []
+    for p in Path(folder).glob(".*.tmp*"):
+        m = _TEMP.match(p.name)
+        if m and m["host"] in (None, _host()) and not _alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint files that are either complete or absent, and load errors that name the file.
 
@@ -55,20 +103,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     filesystems (local /tmp, checkpoints on NFS or Lustre) that move is a copy, so a crash can
     leave a truncated file. Here the temp file sits next to the target, is fsynced, and
     `os.replace` swaps it in: the previous checkpoint stays loadable until the new one is whole.
+    Each save first removes temp files that killed saves left in its folder. Remote paths
+    (`s3://`, `gs://`, any fsspec URL) are written by Lightning's own TorchCheckpointIO.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        path = Path(path)
+        if not is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        remove_stale_temp_files(path.parent)
+        tmp = _temp_path(path)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:  # torch's zip writer may wrap the OSError
+            if _is_disk_full(e):
+                raise disk_full(path) from e
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         try:  # make the rename itself durable
@@ -97,3 +154,65 @@ def corrupt_checkpoint(path: str | Path, e: BaseException) -> UserError:
         f"({type(e).__name__}: {first}). Delete or move it and resume from another one "
         "(e.g. --ckpt_path=<dir>/best-....ckpt), or start afresh without --ckpt_path."
     )
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+    for _ in range(8):  # the OSError may sit under a wrapper or two
+        if e is None:
+            return False
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def disk_full(path: Path) -> UserError:
+    """The error for a checkpoint save that ran out of space: where, how much is free, what to do."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return UserError(
+        f"No space left on device: could not write checkpoint {str(path)!r} ({free}). "
+        f"The previous {path.name}, if any, is unchanged. Free some space or set "
+        "--trainer.default_root_dir to a disk with room, then rerun with --ckpt_path=last."
+    )
+
+
+def best_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> Path | None:
+    """What `--ckpt_path=best` loads: the run's best checkpoint by the metric it monitors, or None.
+
+    A ModelCheckpoint with a `monitor` records its best file in its callback state, and the
+    newest resumable checkpoint (`newest_checkpoint`) holds the latest record; a recorded path that
+    is gone (a run folder copied off the cluster) is looked for by name in `ckpt_dir`. Without a
+    record, the files in `ckpt_dir` that such a callback saved are compared by the score each one
+    recorded when it was written, in the callback's mode (max or min).
+    """
+    root = Path(root)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else Path(checkpoint_dir(str(root)))
+    newest = newest_checkpoint(root, ckpt_dir)
+    for state, _ in _monitoring_states(newest) if newest else []:
+        recorded = Path(state.get("best_model_path") or "")
+        for path in (recorded, ckpt_dir / recorded.name) if recorded.name else ():
+            if path.is_file():
+                return path
+    scored = []
+    for path in ckpt_dir.glob(f"*{ModelCheckpoint.FILE_EXTENSION}"):
+        for state, sign in _monitoring_states(path):
+            scores = {Path(p).name: s for p, s in (state.get("best_k_models") or {}).items()}
+            if path.name in scores:  # saved by this callback as one of its top k
+                scored.append((sign * float(scores[path.name]), path))
+    return max(scored)[1] if scored else None
+
+
+def _monitoring_states(path: Path) -> list[tuple[dict, int]]:
+    """(state, +1 for mode max or -1 for min) of each ModelCheckpoint with a monitor in `path`."""
+    try:  # mmap: the tensors stay on disk, only the small callback states are read
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # unreadable: not a candidate; loading it would name the damage
+        return []
+    return [
+        (state, -1 if "'mode': 'min'" in key else 1)  # the state key holds ModelCheckpoint's mode
+        for key, state in (checkpoint.get("callbacks") or {}).items()
+        if isinstance(state, dict) and state.get("monitor") and "best_model_path" in state
+    ]

@@ -1,4 +1,4 @@
-"""`python -m vit_lightning {fit,validate,test,predict}`: LightningCLI with the project's wiring.
+"""`python -m vit_lightning {fit,validate,test,predict,export}`: LightningCLI with the project's wiring.
 
 Callbacks and plugins every run gets. The first seven are config groups (`--<group>.<arg>=...`):
 - `checkpoint` (ModelCheckpoint): the best checkpoint by val/acc, in `<default_root_dir>/checkpoints`;
@@ -16,12 +16,20 @@ Other wiring:
 - the DataModule's num_classes, in_chans and img_size are linked into the network's arguments;
 - the resolved `seed_everything` reaches the DataModule as `data.init_args.loader_seed`;
 - `--ckpt_path=last` means the newest of last.ckpt, on_exception.ckpt and SLURM's hpc_ckpt_*.ckpt;
+  `--ckpt_path=best` the best checkpoint by the `checkpoint` group's monitor (`best_checkpoint`);
+  validate, test and predict need a checkpoint, or `--ckpt_path=none` to use untrained weights;
+- a checkpoint's model settings that contradict ones the user set are named, key by key, and
+  stop the run (LightningCLI would let the checkpoint's win silently);
+- one live fit per default_root_dir (`run_lock`); a killed run's lock does not block its resume;
+- settings that cannot work stop the run at startup (`startup`), with exit code 2;
+- `export` (vit_lightning/export.py) writes a checkpoint's network as ONNX or torch.export;
 - W&B writes under default_root_dir, runs offline when there are no credentials, and receives the
   full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
 - a fit that resumes keeps its W&B run (the id is persisted in default_root_dir), a fresh fit
   gets a new one; a W&B sweep agent's WANDB_RUN_ID always wins;
 - the saved config.yaml may be overwritten, so a requeued run can write into the same directory;
-- a `UserError` (e.g. a corrupt checkpoint, a NaN loss) prints one line and exits 1.
+- a `UserError` (e.g. a corrupt checkpoint, a NaN loss) prints one line and exits 1; a
+  `ConfigError` (a setting that cannot work) or Lightning's MisconfigurationException, 2.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vit_lightning.callbacks import (
     LastCheckpoint,
@@ -45,11 +53,28 @@ from vit_lightning.callbacks import (
     RunSummary,
     ValPictures,
 )
-from vit_lightning.checkpoints import AtomicCheckpointIO, checkpoint_dir, newest_checkpoint
+from vit_lightning.checkpoints import (
+    AtomicCheckpointIO,
+    best_checkpoint,
+    checkpoint_dir,
+    newest_checkpoint,
+)
 from vit_lightning.compat import CkptPathErrorsMixin
 from vit_lightning.data import ImageDataModule
-from vit_lightning.errors import UserError
+from vit_lightning.errors import ConfigError, UserError
+from vit_lightning.export import ExportSubcommand
 from vit_lightning.module import ViTClassifier
+from vit_lightning.run_lock import RunLock, is_launching_process
+from vit_lightning.startup import (
+    USER_WINS,
+    check_accelerator,
+    check_checkpoint_file,
+    check_config_files,
+    conflict_error,
+    hparam_conflicts,
+    resolve_ckpt_path,
+    user_settings,
+)
 from vit_lightning.wandb_runs import configure_logger, finish_run
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
@@ -67,7 +92,9 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams(config)
 
 
-class ViTLightningCLI(CkptPathErrorsMixin, LightningCLI):
+class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
+    run_lock: RunLock | None = None  # held by a fit's launching process until the fit ends
+
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -78,6 +105,9 @@ class ViTLightningCLI(CkptPathErrorsMixin, LightningCLI):
             if signum is not None and not e.code:  # Lightning exits 0 on SIGTERM
                 raise SystemExit(128 + signum) from e
             raise
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def preempted_by(self) -> int | None:
         """The signal that stopped the run, once the Preemption callback has saved for it."""
@@ -108,6 +138,35 @@ class ViTLightningCLI(CkptPathErrorsMixin, LightningCLI):
                 f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate"
             )
 
+    def parse_arguments(self, parser, args) -> None:
+        self.args = sys.argv[1:] if args is None else args  # where each setting came from
+        if not isinstance(self.args, dict):
+            check_config_files(list(self.args))
+        super().parse_arguments(parser, args)
+
+    def resolve_ckpt_path(self, subcommand: str, config) -> None:
+        """`--ckpt_path=last|best|none|<file>` -> the file (see `startup.resolve_ckpt_path`)."""
+        root = config.trainer.default_root_dir or "."
+        ckpt_dir = config.get("last_checkpoint.dirpath") or checkpoint_dir(root)
+        named = {
+            "last": lambda: newest_checkpoint(root, ckpt_dir),
+            "best": lambda: best_checkpoint(root, config.get("checkpoint.dirpath") or ckpt_dir),
+        }
+        path = resolve_ckpt_path(subcommand, config.get("ckpt_path"), root, ckpt_dir, named)
+        if path is not None and os.path.isfile(path):
+            check_checkpoint_file(path)
+        config.ckpt_path = path
+
+    def check_ckpt_hparams(self, path: str, before) -> None:
+        sub, settings = self.config.subcommand, user_settings(self.args)
+        for key in USER_WINS:
+            if key in settings:
+                self.config[sub][key] = before[sub][key]
+        model = before[sub].get("model"), self.config[sub].get("model")
+        conflicts = hparam_conflicts(*model, settings)
+        if conflicts:
+            raise conflict_error(path, conflicts, before[sub].trainer.default_root_dir or ".")
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -123,10 +182,14 @@ class ViTLightningCLI(CkptPathErrorsMixin, LightningCLI):
         plugins = listify(trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
+        check_accelerator(trainer.get("accelerator"))
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as e:  # Lightning's word for a setting that cannot work
+            raise ConfigError(f"trainer: {e}") from e
 
     def before_instantiate_classes(self) -> None:
-        """Resolves `--ckpt_path=last`, hands the seed to the DataModule and sets up W&B.
+        """Locks the run folder for a fit, hands the seed to the DataModule and sets up W&B.
 
         LightningCLI calls this after it has resolved `seed_everything` (an int, or False for no
         seeding). That int becomes `data.init_args.loader_seed` when the DataModule takes one and
@@ -134,11 +197,8 @@ class ViTLightningCLI(CkptPathErrorsMixin, LightningCLI):
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or "."
-        if self.subcommand and config.get("ckpt_path") == "last":
-            newest = newest_checkpoint(root, config.last_checkpoint.dirpath)
-            if newest is not None:
-                rank_zero_info(f"ckpt_path=last: resuming from {newest} (the newest checkpoint)")
-                config.ckpt_path = str(newest)
+        if self.subcommand == "fit" and is_launching_process():  # before anything writes there
+            self.run_lock = RunLock(root).acquire()
         seed, data_args = config.get("seed_everything"), config.get("data.init_args")
         # no loader_seed key: a DataModule without that argument; False: the user turned seeding off
         if type(seed) is int and data_args is not None and data_args.get("loader_seed", 0) is None:
@@ -166,6 +226,9 @@ def main(args: list[str] | None = None) -> ViTLightningCLI:
         return ViTLightningCLI(args=args)
     except UserError as e:  # a message that says what to do: no traceback needed
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from e
+        raise SystemExit(e.exit_code) from e
+    except MisconfigurationException as e:  # Lightning's own, e.g. max_epochs below a resume's
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
     finally:
         finish_run()  # a later run in this process starts afresh, with complete run files

@@ -8,6 +8,7 @@ upgrade that breaks one of them is caught here and fixed here.
 from __future__ import annotations
 
 import logging
+import os
 from contextvars import ContextVar
 from typing import Any
 
@@ -79,19 +80,35 @@ def request_stop(trainer: L.Trainer) -> None:
 
 
 class CkptPathErrorsMixin(LightningCLI):
-    """Names a damaged `--ckpt_path` file in a one-line error instead of a torch.load traceback.
+    """LightningCLI's reading of the checkpoint's hyperparameters, with hooks around it.
 
-    LightningCLI loads the checkpoint's hyperparameters in `_parse_ckpt_path`, right after
-    `parse_arguments` returns and before any public hook runs; checking the file in
-    `parse_arguments` instead would read a large checkpoint twice.
+    LightningCLI loads `--ckpt_path`'s hyperparameters into the config in `_parse_ckpt_path`,
+    right after `parse_arguments` returns and before any public hook runs, and lets them replace
+    what the user set, silently. So the project's checks wrap it: `resolve_ckpt_path` turns a
+    name such as `last` into a file first (so a named and an explicit path behave alike), and
+    `check_ckpt_hparams` sees the config from before and after. A damaged file is named in a
+    one-line error instead of a torch.load traceback.
     """
 
+    def resolve_ckpt_path(self, subcommand: str, config: Any) -> None:
+        """Hook: set `config.ckpt_path` to the file to load (or None) before its hparams are read."""
+
+    def check_ckpt_hparams(self, path: str, before: Any) -> None:
+        """Hook: `self.config` holds the checkpoint's hyperparameters, `before` the user's."""
+
     def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        self.resolve_ckpt_path(subcommand, config)
+        path, before = config.get("ckpt_path"), self.config.clone()
         try:
             super()._parse_ckpt_path()
         except Exception as e:
-            config = self.config[self.config.subcommand]
-            raise corrupt_checkpoint(config.get("ckpt_path"), e) from e
+            raise corrupt_checkpoint(path, e) from e
+        if path and os.path.isfile(path):  # Lightning reads hparams from local files only
+            self.check_ckpt_hparams(str(path), before)
 
 
 def check() -> list[str]:

@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vit_lightning import compat
+from vit_lightning.startup import check_state_dict_fits, check_train_batches
 
 
 class ViTClassifier(L.LightningModule):
@@ -79,6 +80,11 @@ class ViTClassifier(L.LightningModule):
             raise ValueError(f"model.base_batch_size={base_batch_size} must be >= 1")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            # AdamW would only object inside fit, after config.yaml and the W&B run exist
+            raise ValueError(
+                f"model.betas={list(betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]"
+            )
         # Built by the CLI, hparams hold net's class_path/init_args (linked values included), so
         # `ViTClassifier.load_from_checkpoint(path)` rebuilds it. A net built in Python is not a
         # hyperparameter: its weights are in the state_dict, and pickling it would bloat hparams.
@@ -120,12 +126,17 @@ class ViTClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            check_train_batches(self.trainer)  # batch_size above the training set: no step
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint of a `torch.compile(net)` wrapper (other code, older runs) carries the
         # prefix `_orig_mod.` in its keys; ours never do, so strip it to load either kind
         sd = checkpoint.get("state_dict", {})
         if any("_orig_mod." in k for k in sd):
-            checkpoint["state_dict"] = {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
+            checkpoint["state_dict"] = sd = {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
+        check_state_dict_fits(self, sd)  # another architecture or class count
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int

@@ -38,7 +38,10 @@ __all__ = [
 
 
 def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+    # sizes traced by torch.export are SymInts: int() would fix the export to the traced size
+    if isinstance(x, (int, torch.SymInt)):
+        return (x, x)
+    return tuple(v if isinstance(v, torch.SymInt) else int(v) for v in (x[0], x[1]))
 
 
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
@@ -275,7 +278,10 @@ def resample_abs_pos_embed(
         hw = int(math.sqrt(posemb.shape[1] - num_prefix_tokens))
         old_size = (hw, hw)
     old_size = _pair(old_size)
-    if num_new_tokens == posemb.shape[1] and old_size == new_size:
+    # Under torch.export the new size is symbolic and comparing it would fix the export to the
+    # traced size; resampling to the same size is exact (bicubic at the grid points), so skip it.
+    exporting = torch.compiler.is_exporting()
+    if not exporting and num_new_tokens == posemb.shape[1] and old_size == new_size:
         return posemb
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     D, dtype = posemb.shape[-1], posemb.dtype

@@ -1,7 +1,9 @@
 """Everything W&B: when to log offline, which run a fit writes to, and reading runs back.
 
-- Credentials and the offline policy: `wandb_has_credentials`, `wandb_url`, `wandb_reachable`,
-  and `configure_logger`, which the CLI applies to every WandbLogger in the config.
+- Credentials and the offline policy: `wandb_has_credentials`, `wandb_url`, `wandb_server_problem`
+  (a real API request with the key, a few seconds in all), and `configure_logger`, which the CLI
+  applies to every WandbLogger in the config. `WandbLogger` also logs offline when `wandb.init`
+  itself fails after a passing probe.
 - Run-id persistence: `wandb_run_id` keeps one W&B run across requeues (`RUN_ID_FILE`).
 - Reading runs back: `read_offline_run` reads an offline run folder with wandb's own
   `wandb leet inspect --json`; `offline_runs` merges the folders of a resumed run; `api_runs`
@@ -11,49 +13,101 @@
 
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import netrc
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning.pytorch import loggers
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 RUN_ID_FILE = "wandb-run-id"  # in default_root_dir
+PROBE_TIMEOUT = 5.0  # s, DNS to answer; wandb.init would wait 90 s, then fail the run
+# the first request wandb itself makes: it needs the server's API up and the key accepted
+_VIEWER_QUERY = json.dumps({"query": "query Viewer { viewer { id } }"}).encode()
+_CHECK_KEY = "check WANDB_API_KEY or run `wandb login`"
+_OFFLINE_MODES = ("offline", "dryrun", "disabled")  # wandb's modes that never reach a server
 
 
 def wandb_url() -> str:
     return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
 
 
+def _api_key() -> str | None:
+    """The key W&B would log in with: WANDB_API_KEY, else the ~/.netrc entry for the server."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        entry = netrc.netrc().authenticators(urlparse(wandb_url()).hostname or "")
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry else None
+
+
 def wandb_has_credentials() -> bool:
     """True if W&B could log in without prompting: an API key in the environment or in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(wandb_url()).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+    return _api_key() is not None
 
 
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B server opens within `timeout` seconds."""
-    url = urlparse(wandb_url())
-    port = url.port or (443 if url.scheme == "https" else 80)
+def wandb_server_problem(timeout: float = PROBE_TIMEOUT) -> str | None:
+    """What stops an online W&B run now, or None when the server answers and accepts the key.
+
+    Asks the server's GraphQL API who the key belongs to. The request runs in a daemon thread so
+    that `timeout` bounds it all (name lookup, connect, a server that accepts but never answers
+    or trickles its answer); a socket timeout alone bounds only each step.
+    """
+    answer: list[str | None] = []
+    thread = threading.Thread(target=lambda: answer.append(_ask_viewer(timeout)), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer[0] if answer else f"does not answer within {timeout:g} s"
+
+
+def _ask_viewer(timeout: float) -> str | None:
+    url, key = wandb_url().rstrip("/") + "/graphql", _api_key()
+    headers = {"Content-Type": "application/json"}
+    if key:  # wandb's own scheme: HTTP basic auth, user "api"
+        headers["Authorization"] = "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
+    request = urllib.request.Request(url, data=_VIEWER_QUERY, headers=headers)
     try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return f"rejects the API key (HTTP {e.code} {e.reason}; {_CHECK_KEY})"
+        hint = " (is WANDB_BASE_URL the server's address?)" if e.code == 404 else ""
+        return f"answers HTTP {e.code} {e.reason}{hint}"
+    except ValueError:  # not JSON: not a W&B API at that address
+        return f"does not answer {url} as a W&B server does (check WANDB_BASE_URL)"
+    except OSError as e:  # refused, unknown host, reset, socket timeout (URLError is an OSError)
+        return f"is unreachable ({getattr(e, 'reason', e)})"
+    data = body.get("data") if isinstance(body, dict) else None
+    if key and isinstance(data, dict) and data.get("viewer") is None:
+        return f"rejects the API key (no user has it; {_CHECK_KEY})"
+    return None
+
+
+def _offline_note(root: str | Path) -> str:
+    return (
+        f"logging offline to {root}/wandb instead. Upload later with "
+        f"`wandb sync {root}/wandb/offline-run-*`."
+    )
+
+
+def _offline_mode(init_args: Any) -> bool:
+    return (init_args.get("mode") or os.environ.get("WANDB_MODE")) in _OFFLINE_MODES
 
 
 def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming: bool) -> None:
@@ -61,7 +115,8 @@ def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming
 
     - `save_dir` defaults to `root` (W&B's own default is the cwd, not the run directory);
     - offline when there are no credentials (unless WANDB_MODE=online), or when the server does
-      not answer, so a run never waits on a login or a server;
+      not answer, answers with an error or rejects the key (`wandb_server_problem`), so a run
+      never waits on a login or a server; only rank 0 asks, as only rank 0 logs;
     - the run id, unless the user set `id` or `version`: a sweep agent's WANDB_RUN_ID wins; a fit
       gets `wandb_run_id(root, resuming)`, so a resumed fit keeps its run and a fresh one does not.
     """
@@ -69,12 +124,11 @@ def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming
         init_args.save_dir = root
     if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
         init_args.offline = True
-    elif not init_args.get("offline") and not wandb_reachable():
-        rank_zero_warn(
-            f"W&B server {wandb_url()} is unreachable: logging offline to "
-            f"{root}/wandb. Upload later with `wandb sync {root}/wandb/offline-run-*`."
-        )
-        init_args.offline = True  # wandb.init would wait 90 s, then fail the run
+    elif rank_zero_only.rank == 0 and not init_args.get("offline") and not _offline_mode(init_args):
+        problem = wandb_server_problem()
+        if problem is not None:
+            rank_zero_warn(f"W&B server {wandb_url()} {problem}: {_offline_note(root)}")
+            init_args.offline = True
     if init_args.get("id") or init_args.get("version"):
         return  # the user's choice
     if os.environ.get("WANDB_RUN_ID"):  # set by a sweep agent: its run wins
@@ -82,6 +136,37 @@ def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming
     elif subcommand == "fit":
         init_args.id = wandb_run_id(root, resuming)
         init_args.resume = "allow"
+
+
+class WandbLogger(loggers.WandbLogger):
+    """Lightning's WandbLogger, except that a run `wandb.init` cannot start online (the server
+    failed after the probe, or timed out) is logged offline with a warning, not a failed run.
+
+    Offline is asked for the way Lightning's own `offline=True` asks for it, via WANDB_MODE. The
+    wandb session read its environment at the failed start, so it is torn down first.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # jsonargparse follows this super() call to all of Lightning's arguments (wandb.init's
+        # too); without it, it would look for their use in the `experiment` below, and miss them
+        super().__init__(*args, **kwargs)
+
+    @property
+    def experiment(self) -> Any:
+        import wandb
+
+        try:
+            return super().experiment
+        except (wandb.Error, TimeoutError) as e:
+            if os.environ.get("WANDB_MODE") in _OFFLINE_MODES:
+                raise  # offline failed too: not a server problem
+            rank_zero_warn(
+                f"W&B could not start an online run on {wandb_url()} ({e}): "
+                + _offline_note(self.save_dir)
+            )
+            wandb.teardown()
+            os.environ["WANDB_MODE"] = "offline"
+            return super().experiment
 
 
 def wandb_run_id(root: str | Path, resuming: bool) -> str | None:

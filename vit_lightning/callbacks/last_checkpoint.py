@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vit_lightning import compat
+from vit_lightning.checkpoints import is_local, remove_stale_temp_files
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -16,7 +17,8 @@ class LastCheckpoint(ModelCheckpoint):
     A ModelCheckpoint that monitors a metric refreshes its `save_last` file only when the metric
     improves, so `last.ckpt` goes stale. This one monitors nothing: it always saves, in place.
     Lightning makes step and epoch triggers exclusive; here the step trigger is added to the epoch
-    one, and skipped on an epoch's last batch, whose save comes right after validation.
+    one, and skipped on an epoch's last batch, whose save comes right after validation. A fit
+    starts by removing the temp files that killed saves left in `dirpath`.
 
     Args:
         dirpath: Directory of `last.ckpt`; the CLI sets it to `<default_root_dir>/checkpoints`.
@@ -38,3 +40,8 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if not compat.is_last_train_batch(trainer):
             super().on_train_batch_end(trainer, *args)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # resolves dirpath
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and is_local(self.dirpath):
+            remove_stale_temp_files(self.dirpath)

@@ -1,14 +1,17 @@
-"""`Preemption`: SIGTERM and SIGUSR1 save a checkpoint and stop with a non-zero exit status."""
+"""`Preemption`: SIGTERM, SIGINT and SIGUSR1 stop a run with exit status 128 + signal; `fit` saves."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -17,15 +20,25 @@ from vit_lightning.checkpoints import LAST_CHECKPOINT, checkpoint_dir
 
 
 class Preemption(Callback):
-    """SIGTERM (schedulers) and SIGUSR1 (SLURM's warning before the time limit) save a checkpoint
-    at the next batch boundary, then stop the run with a non-zero exit status (128 + signal).
+    """SIGTERM (schedulers), SIGINT (Ctrl-C) and SIGUSR1 (SLURM's warning before the time limit)
+    stop the run after the current batch with a non-zero exit status (128 + signal).
 
     Lightning on its own catches SIGTERM, saves nothing and exits 0, so the scheduler thinks the
-    job finished. Under SLURM with auto-requeue, SIGUSR1 stays Lightning's (hpc checkpoint plus
-    `scontrol requeue`). The checkpoint is `last.ckpt` in `dirpath`, written by the same code as
-    a mid-epoch `every_n_train_steps` save, so `--ckpt_path=last` continues exactly there.
-    `preempted_by` holds the signal once the checkpoint is saved; the CLI turns it into the exit
-    status.
+    job finished; Ctrl-C exits 1. Under SLURM with auto-requeue, SIGUSR1 stays Lightning's (hpc
+    checkpoint plus `scontrol requeue`).
+
+    - `fit` saves `last.ckpt` in `dirpath` first, written by the same code as a mid-epoch
+      `every_n_train_steps` save, so `--ckpt_path=last` continues exactly there.
+    - `validate`, `test` and `predict` write nothing: their state (no optimizer, step 0) would
+      replace the training checkpoint.
+    - Under DDP the ranks agree at every training batch end (one all-reduce of the signal number),
+      so all of them save and stop at the same batch whichever rank got the signal. Acting on each
+      rank's own flag let rank 0 wait in the save's barrier while rank 1 waited in the next
+      collective, forever. A signal during validation takes effect at the next training batch.
+    - A second Ctrl-C stops at once, without saving.
+
+    `preempted_by` holds the signal once the run has stopped for it; the CLI turns it into the
+    exit status.
 
     Args:
         dirpath: Directory of last.ckpt; the CLI sets it to `<default_root_dir>/checkpoints`.
@@ -34,38 +47,52 @@ class Preemption(Callback):
 
     def __init__(self, dirpath: str | None = None, enabled: bool = True) -> None:
         self.dirpath, self.enabled = dirpath, enabled
-        self.preempted_by: int | None = None  # the signal that stopped the run, once saved
-        self._signum: int | None = None
+        self.preempted_by: int | None = None  # the signal that stopped the run
+        self._signum: int | None = None  # the signal this process received
+        self._installed = False
 
     def _path(self, trainer: L.Trainer) -> str:
         folder = self.dirpath or checkpoint_dir(trainer.default_root_dir)
         return os.path.join(folder, LAST_CHECKPOINT)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.preempted_by, self._signum = None, None
-        if not self.enabled:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.preempted_by, self._signum, self._installed = None, None, False
+
+    def _install(self, trainer: L.Trainer) -> None:
+        """Replaces Lightning's SIGTERM handler, which broadcasts from inside the handler under
+        DDP. Lightning installs it just before the loops start, and at teardown puts back the
+        handlers it found then, so ours last for this run only."""
+        if not self.enabled or self._installed:
             return
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal would raise; Lightning skips its handlers here too
+        self._installed = True
         env = compat.cluster_environment(trainer)
         slurm_requeue = isinstance(env, SLURMEnvironment) and env.auto_requeue
-        old_term = signal.getsignal(signal.SIGTERM)  # Lightning's: sets received_sigterm
 
-        def on_term(signum: int, frame: Any) -> None:
-            self._signum = self._signum or signum
-            if callable(old_term):
-                old_term(signum, frame)
+        def on_signal(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT and self._signum == signal.SIGINT:
+                raise KeyboardInterrupt  # pressed twice: Lightning's abort, nothing saved
+            if self._signum is None:
+                self._signum = signum
+                launcher = trainer.strategy.launcher
+                if signum == signal.SIGTERM and launcher is not None:
+                    launcher.kill(signum)  # the DDP ranks this process launched, as Lightning does
+            if trainer.world_size == 1 or trainer.state.fn != TrainerFn.FITTING:
+                compat.request_stop(trainer)  # eval loops stop at their next batch boundary
 
-        def on_usr1(signum: int, frame: Any) -> None:
-            self._signum = self._signum or signum
-            compat.request_stop(trainer)
-
-        # Lightning's teardown puts back the handlers it found, ours included
-        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         if not slurm_requeue:
-            signal.signal(signal.SIGUSR1, on_usr1)
+            signal.signal(signal.SIGUSR1, on_signal)
+
+    # the first hook of each stage's loops, after Lightning's own handlers are in place
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    on_train_start = on_validation_start = on_test_start = on_predict_start = on_sanity_check_start
 
     def _save(self, trainer: L.Trainer, where: str) -> None:
-        if self.preempted_by is not None:
-            return
         self.preempted_by = self._signum or signal.SIGTERM
         path = self._path(trainer)
         trainer.save_checkpoint(path)
@@ -76,10 +103,64 @@ class Preemption(Callback):
         )
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        # the same state as a mid-epoch checkpoint: Lightning raises SIGTERMException right after
-        if self.enabled and trainer.received_sigterm:
+        if not self.enabled or self.preempted_by is not None:
+            return
+        signum = self._signum or 0
+        if trainer.world_size > 1:  # every rank stops at this batch, or none does
+            flag = torch.tensor(signum, device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max"))
+        if signum:
+            self._signum = signum
             self._save(trainer, "after the current batch")
+            raise SIGTERMException  # now, on every rank: the epoch's validation would not agree
+
+    def _stop_evaluation(self, trainer: L.Trainer) -> None:
+        # also after an eval loop's last batch, where Lightning's own check does not stop it
+        if self.enabled and self._signum and trainer.state.fn != TrainerFn.FITTING:
+            raise SIGTERMException
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._stop_evaluation(trainer)
+
+    on_test_batch_end = on_predict_batch_end = on_validation_batch_end
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exc: BaseException):
-        if self.enabled and isinstance(exc, SIGTERMException):
+        if not self.enabled or not isinstance(exc, SIGTERMException) or self.preempted_by:
+            return
+        fn = trainer.state.fn
+        if fn == TrainerFn.FITTING and trainer.world_size == 1:
             self._save(trainer, "(stopped outside a training batch)")
+            return
+        self.preempted_by = self._signum or signal.SIGTERM
+        why = (
+            "only fit writes checkpoints"
+            if fn != TrainerFn.FITTING
+            else "under DDP the ranks save together, only at a training batch"
+        )
+        rank_zero_info(
+            f"{signal.Signals(self.preempted_by).name} received: {fn.value} stopped "
+            f"without saving ({why})."
+        )
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: a stop signal meant for the whole job is the main process's.
+
+    A scheduler signals every process of the job, and Ctrl-C the whole process group. A loader
+    worker that died of it would make the main process raise mid-batch instead of stopping
+    cleanly, and the main process ends its workers itself once it has stopped. A SIGTERM from the
+    main process (DataLoader shutdown, interpreter exit) still ends the worker at once, as torch's
+    own worker handler does; telling the two apart needs the sender, which only `sigwaitinfo` has.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: torch's handler, the worker dies of it
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
+
+    def wait_for_parent() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_parent, name="sigterm-from-parent", daemon=True).start()

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from vit_lightning.callbacks.preemption import loader_worker_init
 from vit_lightning.compat import UnrepeatedDistributedSampler, train_batches_done
 from vit_lightning.data.augment import NO_AUGMENT, Policy
 from vit_lightning.data.device_pipeline import ResidentImages, passthrough
@@ -154,6 +155,7 @@ class ImageDataModule(L.LightningDataModule):
             # resumed run (which builds its iterators at other moments) would diverge
             generator=torch.Generator().manual_seed(self.seed),
             collate_fn=passthrough if resident else None,
+            worker_init_fn=loader_worker_init if workers else None,  # stop signals
         )
         if not train:
             return DataLoader(ds, sampler=self._eval_sampler(ds), **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from torchvision.datasets.utils import check_integrity, extract_archive
 from torchvision.transforms import v2
 
 from vit_lightning.data.augment import DeviceAugment, Policy, choices, describe
-from vit_lightning.data.torchvision_base import TorchvisionDataModule
+from vit_lightning.data.torchvision_base import TorchvisionDataModule, writing_into
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -86,11 +87,13 @@ class CIFAR10DataModule(TorchvisionDataModule):
         return transform
 
     def find_local(self) -> bool:
-        if (self.root / CIFAR10.base_folder).is_dir():
+        folder = self.root / CIFAR10.base_folder
+        if all((folder / name).is_file() for name, _ in _files()):
             return True  # integrity is checked by torchvision at setup
         tar = self.root / CIFAR10.filename
         if check_integrity(str(tar), CIFAR10.tgz_md5):  # a hand-placed archive needs no network
-            extract_archive(str(tar), str(self.root))
+            with writing_into(self.root, f"{tar.name} is extracted"):
+                extract_archive(str(tar), str(self.root))
             return True
         return False
 
@@ -98,17 +101,19 @@ class CIFAR10DataModule(TorchvisionDataModule):
         return [(self.root / CIFAR10.filename, CIFAR10.tgz_md5)]
 
     def damaged_files(self) -> list[tuple[Path, str]]:
-        folder = self.root / CIFAR10.base_folder
-        files = [
-            *CIFAR10.train_list,
-            *CIFAR10.test_list,
-            [CIFAR10.meta["filename"], CIFAR10.meta["md5"]],
-        ]
-        return [
-            (folder / name, "checksum mismatch: truncated or altered")
-            for name, md5 in files
-            if (folder / name).is_file() and not check_integrity(str(folder / name), md5)
-        ]
+        folder, problems = self.root / CIFAR10.base_folder, []
+        for name, md5 in _files():
+            path = folder / name
+            if not path.is_file():
+                continue
+            if not check_integrity(str(path), md5):
+                problems.append((path, "checksum mismatch: truncated or altered"))
+            # a matching checksum means the official file, unless the md5 lists were changed
+            elif name != CIFAR10.meta["filename"] and (
+                why := batch_problem(path, self.num_classes)
+            ):
+                problems.append((path, why))
+        return problems
 
     def how_to_fix(self) -> str:
         return (
@@ -116,3 +121,22 @@ class CIFAR10DataModule(TorchvisionDataModule):
             f"extracted {CIFAR10.base_folder}/ folder in {self.root}, or set --data.data_dir "
             "to a directory that holds them"
         )
+
+
+def _files() -> list[tuple[str, str]]:
+    """(name, md5) of every file in cifar-10-batches-py/, read when called (tests patch them)."""
+    batches = [*CIFAR10.train_list, *CIFAR10.test_list]
+    return [*map(tuple, batches), (CIFAR10.meta["filename"], CIFAR10.meta["md5"])]
+
+
+def batch_problem(path: Path, num_classes: int) -> str | None:
+    """Why a CIFAR batch file's rows and labels disagree, or None."""
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")  # as torchvision reads it
+    rows, labels = len(entry["data"]), entry.get("labels", entry.get("fine_labels", []))
+    if rows != len(labels):
+        return f"{rows} image rows, but {len(labels)} labels"
+    bad = [(i, y) for i, y in enumerate(labels) if not 0 <= y < num_classes]
+    if bad:
+        return f"label {bad[0][1]} of row {bad[0][0]} is not in 0..{num_classes - 1}"
+    return None

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torchvision.datasets import FashionMNIST
 from torchvision.transforms import v2
 
 from vit_lightning.data.augment import DeviceAugment, Policy, choices, describe
-from vit_lightning.data.torchvision_base import TorchvisionDataModule
+from vit_lightning.data.torchvision_base import TorchvisionDataModule, writing_into
+from vit_lightning.errors import DataError
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
@@ -84,9 +88,9 @@ class FashionMNISTDataModule(TorchvisionDataModule):
             }
             if None in found.values():
                 continue
-            self.raw_dir.mkdir(parents=True, exist_ok=True)
-            for f, src in found.items():
-                _copy_decompressed(src, self.raw_dir / f)
+            with writing_into(self.raw_dir, f"the idx files from {d} are decompressed"):
+                for f, src in found.items():
+                    _copy_decompressed(src, self.raw_dir / f)
             return True
         return False
 
@@ -94,8 +98,24 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         return [(self.raw_dir / name, md5) for name, md5 in FashionMNIST.resources]
 
     def damaged_files(self) -> list[tuple[Path, str]]:
-        paths = [self.raw_dir / name for name in self.files]
-        return [(p, why) for p in paths if p.is_file() and (why := idx_problem(p))]
+        problems = []
+        for name_x, name_y in zip(self.files[::2], self.files[1::2], strict=True):
+            x, y = self.raw_dir / name_x, self.raw_dir / name_y  # one split's images, labels
+            bad = [(p, why) for p in (x, y) if p.is_file() and (why := idx_problem(p))]
+            problems += bad
+            if bad or not (x.is_file() and y.is_file()):
+                continue
+            (n_x, *hw), (n_y, *rest) = idx_dims(x), idx_dims(y)
+            if hw != [self.img_size] * 2:
+                want = f"[N, {self.img_size}, {self.img_size}]"
+                problems.append((x, f"shape {[n_x, *hw]}, images need {want}"))
+            elif rest:
+                problems.append((y, f"{len(rest) + 1} dimensions, labels have 1"))
+            elif n_x != n_y:
+                problems.append((y, f"{n_y} labels, but {x.name} holds {n_x} images"))
+            elif why := label_problem(y, self.num_classes):
+                problems.append((y, why))
+        return problems
 
     def how_to_fix(self) -> str:
         return (
@@ -107,28 +127,60 @@ class FashionMNISTDataModule(TorchvisionDataModule):
 
 
 def _copy_decompressed(src: Path, dst: Path) -> None:
-    """Write-then-rename: an interrupted copy never looks like a complete file."""
+    """Write-then-rename: an interrupted copy never looks like a complete file, and a damaged
+    source is named here, not later as its copy."""
     tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
     try:
-        with (gzip.open if src.suffix == ".gz" else open)(src, "rb") as i, open(tmp, "wb") as o:
-            shutil.copyfileobj(i, o)
+        try:
+            with (gzip.open if src.suffix == ".gz" else open)(src, "rb") as i, open(tmp, "wb") as o:
+                shutil.copyfileobj(i, o)
+            why = idx_problem(tmp)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a truncated or non-gzip .gz
+            why = f"{type(e).__name__}: {e}"
+        if why:
+            raise DataError(
+                f"Fashion-MNIST {src} is damaged ({why}). Replace it with an intact copy, or "
+                "take its directory out of --data.local_dirs."
+            )
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def idx_problem(path: Path) -> str | None:
-    """Why an uncompressed idx file (MNIST format) is unreadable, or None if its header and size
-    agree: magic 0x0000 08 <ndim>, ndim big-endian int32 sizes, then uint8 data."""
+def idx_dims(path: Path) -> list[int]:
+    """The sizes in an uncompressed idx file's header (MNIST format: magic 0x0000 08 <ndim>,
+    ndim big-endian int32 sizes, then uint8 data); ValueError saying why it is unreadable."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError("empty file")
     with open(path, "rb") as f:
         head = f.read(4)
         if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
-            return "not an idx file of uint8 (bad magic number)"
+            raise ValueError("not an idx file of uint8 (bad magic number)")
         dims = f.read(4 * head[3])
     if len(dims) < 4 * head[3]:
-        return "truncated header"
-    n = 1
-    for d in struct.unpack(f">{head[3]}I", dims):
-        n *= d
-    expected, size = 4 + 4 * head[3] + n, path.stat().st_size
-    return None if size == expected else f"{size} bytes, its header says {expected}: truncated"
+        raise ValueError(f"{size} bytes: truncated header")
+    sizes = list(struct.unpack(f">{head[3]}I", dims))
+    expected = 4 + 4 * head[3] + math.prod(sizes)  # Python ints: no overflow
+    if size != expected:
+        cut = "truncated" if size < expected else "trailing bytes"
+        raise ValueError(f"{size} bytes, its header says {expected}: {cut}")
+    return sizes
+
+
+def idx_problem(path: Path) -> str | None:
+    """Why an uncompressed idx file is unreadable, or None if its header and size agree."""
+    try:
+        idx_dims(path)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def label_problem(path: Path, num_classes: int) -> str | None:
+    """Why a (readable) idx label file holds a label that is no class, or None."""
+    labels = np.fromfile(path, dtype=np.uint8, offset=8)  # after magic and count
+    bad = np.flatnonzero(labels >= num_classes)
+    if not bad.size:
+        return None
+    return f"label {labels[bad[0]]} at index {bad[0]} is not in 0..{num_classes - 1}"

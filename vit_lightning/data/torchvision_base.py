@@ -4,11 +4,15 @@ A dataset built on it declares, as class attributes, `dataset_cls` (the torchvis
 `dataset_name`, `train_len`, `mean`, `std`, `num_classes`, `in_chans`, `img_size` and its
 `AUGMENT` table (see `augment.py`), and implements four methods about its files:
 `find_local()`, `download_files()`, `damaged_files()` and `how_to_fix()`.
+
+Every failure about the files is a `DataError` (a `UserError`: one line from the CLI, exit 1) that
+names the file or folder and says what to do; `DataNotFoundError` is also a FileNotFoundError.
 """
 
 from __future__ import annotations
 
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +27,7 @@ from torchvision.transforms import v2
 from vit_lightning.data.augment import DeviceAugment, Table, choose
 from vit_lightning.data.base import ImageDataModule
 from vit_lightning.data.device_pipeline import ResidentImages
+from vit_lightning.errors import DataError, DataNotFoundError
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation; urllib's default is to wait forever
 
@@ -70,6 +75,8 @@ class TorchvisionDataModule(ImageDataModule):
                 f"--data.augment={supported[0]}, or --data.device_pipeline=false"
             )
         self.data_dir, self.download = data_dir, download
+        if self.root.exists() and not self.root.is_dir():  # a config error (exit 2), found early
+            raise ValueError(self._not_a_dir())
         self.val_size, self.split_seed = val_size, split_seed
         self.augment, self.device_pipeline = augment, device_pipeline
 
@@ -89,7 +96,8 @@ class TorchvisionDataModule(ImageDataModule):
         raise NotImplementedError
 
     def damaged_files(self) -> list[tuple[Path, str]]:
-        """(file, reason) for each present but unreadable data file, for error messages."""
+        """(file, reason) for each present data file that is unreadable, or whose images and
+        labels disagree (counts, or a label that is no class), for error messages."""
         raise NotImplementedError
 
     def how_to_fix(self) -> str:
@@ -101,13 +109,25 @@ class TorchvisionDataModule(ImageDataModule):
     def _fix(self) -> str:
         return self.how_to_fix() + ("" if self.download else ", or pass --data.download=true") + "."
 
+    def _not_a_dir(self) -> str:
+        return (
+            f"data_dir {self.root} is a file, not a directory: set --data.data_dir to the "
+            f"directory that holds (or will hold) the {self.dataset_name} files."
+        )
+
+    def _check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():  # else "not found" would mislead
+            raise DataError(self._not_a_dir())
+
     def prepare_data(self) -> None:
         """Make the files available: local copy first, then torchvision's download."""
+        self._check_root()
         if self.find_local():
             return
         name, root = self.dataset_name, self.root
         if not self.download:
-            raise FileNotFoundError(f"{name} not found in {root} (download=False). {self._fix()}")
+            raise DataNotFoundError(f"{name} not found in {root} (download=False). {self._fix()}")
+        check_writable(root, f"the {name} download is saved")
         try:
             with _socket_timeout(DOWNLOAD_TIMEOUT_S):
                 for train in (True, False):
@@ -117,20 +137,43 @@ class TorchvisionDataModule(ImageDataModule):
             for path, md5 in self.download_files():
                 if path.is_file() and not check_integrity(str(path), md5):
                     path.unlink()
-            raise RuntimeError(
+            raise DataError(
                 f"Could not download {name} into {root} ({type(e).__name__}: {e}). {self._fix()}"
             ) from e
 
     def _dataset(self, train: bool, transform: v2.Transform | None) -> VisionDataset:
+        self._check_root()
         try:
-            return self.dataset_cls(str(self.root), train=train, transform=transform)
+            ds = self.dataset_cls(str(self.root), train=train, transform=transform)
         except Exception as e:  # torchvision: "Dataset not found or corrupted", or a read error
             damaged = self.damaged_files()
             what = "; ".join(f"{p} ({why})" for p, why in damaged) or f"files in {self.root}"
-            raise RuntimeError(
+            raise DataError(
                 f"{self.dataset_name} {what}: missing or corrupted ({e}). "
                 f"Delete the damaged files and retry. {self._fix()}"
             ) from e
+        self._check_labels(ds, train)
+        return ds
+
+    def _check_labels(self, ds: VisionDataset, train: bool) -> None:
+        """One label per image, each a class: else a run trains at chance accuracy (counts
+        differ: torchvision pairs them by position) or dies mid-epoch (a label out of range)."""
+        labels = torch.as_tensor(ds.targets)
+        images, bad = len(ds.data), (labels < 0) | (labels >= self.num_classes)
+        if len(labels) == images and not bad.any():
+            return
+        what = "; ".join(f"{p} ({why})" for p, why in self.damaged_files())
+        if not what:  # a dataset whose files are fine one by one, wrong together
+            split = "training" if train else "test"
+            what = f"{split} files in {self.root} ({images} images, {len(labels)} labels"
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                what += f"; label {int(labels[i])} of image {i} is not in 0..{self.num_classes - 1}"
+            what += ")"
+        raise DataError(
+            f"{self.dataset_name} {what}: the images and labels disagree. "
+            f"Delete the damaged files and retry. {self._fix()}"
+        )
 
     def _resident(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The split's raw uint8 images (N, C, H, W) and labels, for the device pipeline."""
@@ -160,8 +203,11 @@ class TorchvisionDataModule(ImageDataModule):
         # two dataset objects over the same files: val must see eval transforms, not augmentations
         train = self._dataset(True, self.train_transform())
         val = self._dataset(True, self.eval_transform())
-        if not 0 < self.val_size < len(train):
-            raise ValueError(f"val_size must be in (0, {len(train)}), got {self.val_size}")
+        if not 0 < self.val_size < len(train):  # the files hold fewer images than the real set
+            raise DataError(
+                f"val_size={self.val_size} leaves no training images: {self.root} holds only "
+                f"{len(train)} {self.dataset_name} training images. Set --data.val_size lower."
+            )
         train_idx, val_idx = self.split_indices(len(train), self.val_size, self.split_seed)
         return Subset(train, train_idx), Subset(val, val_idx)
 
@@ -180,3 +226,31 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(old)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail naming `folder` before anything is written there, not halfway through a copy."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # permission bits miss read-only mounts
+            pass
+    except OSError as e:
+        raise DataError(
+            f"Cannot write to {folder}, where {what} ({e.strerror or e}). Make it writable, or "
+            "set --data.data_dir to a writable directory."
+        ) from e
+
+
+@contextmanager
+def writing_into(folder: Path, what: str) -> Iterator[None]:
+    """`check_writable`, then an OSError while writing (e.g. a full disk) named the same way."""
+    check_writable(folder, what)
+    try:
+        yield
+    except DataError:
+        raise
+    except OSError as e:
+        raise DataError(
+            f"Could not write to {folder}, where {what} ({e}). Free space or fix the "
+            "permissions there, or set --data.data_dir to another directory."
+        ) from e

@@ -1,0 +1,294 @@
+"""Startup checks: settings that cannot work stop the run before it writes anything.
+
+- `check_config_files`: every `--config` file is valid YAML and sets something.
+- `resolve_ckpt_path`: what `--ckpt_path` names: `last` (the newest checkpoint), `none` (no
+  weights, on purpose) or a file. Evaluating with nothing loaded, a missing file and a folder
+  are errors.
+- `check_checkpoint_file`: a Lightning checkpoint, from a Lightning version that can read it.
+- `user_settings`, `hparam_conflicts`: LightningCLI replaces the model settings with those saved
+  in the checkpoint; here the ones the user set and the checkpoint contradicts are named.
+- `check_accelerator`: a requested GPU that this machine does not have.
+- `check_train_batches`, `check_state_dict_fits`: a fit with no training step, and a checkpoint
+  of another architecture or class count (ViTClassifier's hooks call them).
+
+Each failure is a `ConfigError`: one message that names the file, key or value and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.utilities import rank_zero_info
+from packaging.version import InvalidVersion, Version
+
+from vit_lightning.checkpoints import corrupt_checkpoint, is_local
+from vit_lightning.errors import ConfigError
+
+UNTRAINED = "none"  # --ckpt_path=none: evaluate or predict the untrained model, on purpose
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+VERSION_KEY = "pytorch-lightning_version"  # in every checkpoint Lightning writes
+# model settings that change how the model runs, not what it computes: the user's value wins
+USER_WINS = ("model.compile",)
+
+
+def config_files(args: list[str]) -> Iterator[str]:
+    """The paths given to `--config` / `-c`, in order."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            yield arg.partition("=")[2]
+        elif arg in ("--config", "-c") and i + 1 < len(args):
+            yield args[i + 1]
+
+
+def check_config_files(args: list[str]) -> None:
+    """A YAML syntax error or an empty file, named with the file (and the line) before parsing."""
+    for path in config_files(args):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue  # the parser names a missing file itself
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(
+                f"config file {path} is not valid YAML ({where}{problem}); fix it there"
+            ) from None
+        if data is None:
+            raise ConfigError(
+                f"config file {path} is empty (or only comments) and sets nothing; "
+                f"add settings to it or leave out --config {path}"
+            )
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {path} holds a {type(data).__name__}, not `key: value` settings "
+                "(e.g. `trainer:` / `model:` / `data:` sections)"
+            )
+
+
+def resolve_ckpt_path(
+    subcommand: str,
+    value: Any,
+    root: str,
+    ckpt_dir: str,
+    named: Mapping[str, Callable[[], Path | None]],
+) -> str | None:
+    """The checkpoint file `--ckpt_path=value` means, or None for no checkpoint.
+
+    `named` maps names such as `last` to a function that finds that checkpoint of the run in
+    `root` (None when there is none). A fit that finds none starts afresh (a first run under a
+    requeue script); evaluation and predict need weights unless `--ckpt_path=none` says not.
+    """
+    if value is None:
+        if subcommand in EVAL_SUBCOMMANDS:
+            newest = named["last"]() if "last" in named else None
+            here = f"it found {newest}" if newest else f"{ckpt_dir} has no checkpoint yet"
+            raise ConfigError(
+                f"{subcommand} without --ckpt_path would use the untrained model's random "
+                f"weights. Pass --ckpt_path=last (the newest checkpoint of the run in {root}: "
+                f"{here}), --ckpt_path=<file>, or --ckpt_path={UNTRAINED} to {subcommand} the "
+                "untrained model on purpose"
+            )
+        return None
+    value = str(value)
+    if value.lower() == UNTRAINED:
+        return None
+    if value in named:
+        found = named[value]()
+        if found is not None:
+            verb = "resuming from" if subcommand == "fit" else "loading"
+            rank_zero_info(f"ckpt_path={value}: {verb} {found} (the {value} checkpoint)")
+            return str(found)
+        searched = f"no {value} checkpoint in {ckpt_dir} (the run folder is {root})"
+        if subcommand == "fit":
+            rank_zero_info(f"ckpt_path={value}: {searched}; starting a new run")
+            return None
+        raise ConfigError(
+            f"--ckpt_path={value}: {searched}. Point --trainer.default_root_dir at the run that "
+            f"holds the weights, pass --ckpt_path=<file>, or --ckpt_path={UNTRAINED} to "
+            f"{subcommand} the untrained model on purpose"
+        )
+    if not is_local(value):
+        return value  # s3://, gs://: Lightning's own IO reads those
+    path = Path(value.removeprefix("file://"))
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))[:5]
+        raise ConfigError(
+            f"--ckpt_path={value} is a folder; pass one checkpoint file in it"
+            + (f" ({', '.join(inside)})" if inside else " (it holds no *.ckpt file)")
+            + ", or --ckpt_path=last with --trainer.default_root_dir set to the run's folder"
+        )
+    if not path.exists():
+        raise ConfigError(
+            f"--ckpt_path={value}: no such file. Check the path, or pass --ckpt_path=last to "
+            f"take the newest checkpoint of the run in {root}"
+        )
+    return value
+
+
+def check_checkpoint_file(path: str) -> None:
+    """A file that is not a Lightning checkpoint, or whose Lightning version cannot be read.
+
+    Memory-mapped, so only the small parts read here leave the disk.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, garbage, unpicklable: the corrupt-file message
+        raise corrupt_checkpoint(path, e) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        held = ", ".join(map(str, list(ckpt)[:4])) if isinstance(ckpt, dict) else type(ckpt)
+        raise ConfigError(
+            f"--ckpt_path={path} is not a Lightning checkpoint: it has no 'state_dict' (it "
+            f"holds {held}). Bare weights (e.g. timm's) load into the network with "
+            "load_state_dict, not through --ckpt_path"
+        )
+    version = ckpt.get(VERSION_KEY)
+    try:
+        Version(str(version))
+    except InvalidVersion:
+        raise ConfigError(
+            f"--ckpt_path={path} does not say which Lightning version wrote it "
+            f"({VERSION_KEY}={version!r}; this is Lightning {L.__version__}), so Lightning cannot "
+            f"upgrade and load it. If you know the version, set checkpoint[{VERSION_KEY!r}] to "
+            "it; otherwise load its state_dict into the model by hand"
+        ) from None
+
+
+def _plain(key: str) -> str:
+    """`model.net.depth` for `fit.model.net.init_args.depth`: one spelling for every source."""
+    parts = [p for p in key.split(".") if p not in ("init_args", "dict_kwargs")]
+    if parts and parts[0] in ("fit", "export", *EVAL_SUBCOMMANDS):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _flat(d: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items() if isinstance(d, Mapping) else ():
+        if isinstance(v, Mapping) and v:
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def user_settings(args: Any) -> dict[str, str]:
+    """The keys the user set (in `_plain` spelling), each with where: a config file's path or
+    "command line". A key set twice keeps the later place, as the parser does."""
+    if isinstance(args, Mapping):
+        return {_plain(k): "args" for k, _ in _flat(args)}
+    args, found = list(args or []), {}
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") or arg.startswith("--config="):
+            path = arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                data = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            found.update({_plain(k): path for k, _ in _flat(data)})
+        elif arg.startswith("--"):  # values, paths and subcommands do not start with --
+            name = _plain(arg[2:].partition("=")[0].rstrip("+"))
+            found[name] = found[f"{name}.class_path"] = "command line"  # --model.net=X: a class
+    return found
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is None else str(value)
+
+
+def hparam_conflicts(
+    given: Any, from_ckpt: Any, settings: Mapping[str, str], prefix: str = "model"
+) -> list[str]:
+    """`model.lr: checkpoint 0.001, command line 0.0005` for each model setting the checkpoint
+    replaced and the user had set. `given` and `from_ckpt` are the model config before and after
+    LightningCLI read the checkpoint's hyperparameters."""
+    old = dict(_flat(given.as_dict() if hasattr(given, "as_dict") else given or {}))
+    new = dict(_flat(from_ckpt.as_dict() if hasattr(from_ckpt, "as_dict") else from_ckpt or {}))
+    lines = []
+    for key in dict.fromkeys([*old, *new]):
+        source = settings.get(_plain(f"{prefix}.{key}"))
+        if old.get(key) != new.get(key) and source is not None:
+            lines.append(
+                f"{prefix}.{key}: checkpoint {_show(new.get(key))}, {source} {_show(old.get(key))}"
+            )
+    return lines
+
+
+def conflict_error(path: str, conflicts: list[str], root: str) -> ConfigError:
+    listed = "\n".join(f"  {line}" for line in conflicts)
+    return ConfigError(
+        f"--ckpt_path={path} was trained with model settings that differ from ones you set:\n"
+        f"{listed}\n"
+        "A checkpoint is resumed, evaluated and predicted with the settings it was trained with. "
+        "Leave these out (or pass the run's own config, --config "
+        f"{os.path.join(root, 'config.yaml')}) to use the checkpoint's; to train a new model "
+        "with yours, leave out --ckpt_path (or use another --trainer.default_root_dir)."
+    )
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """`--trainer.accelerator=gpu` where torch sees no GPU: one line, not Lightning's traceback."""
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}, but torch finds no CUDA GPU on this machine "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}{hint}). Use "
+            "--trainer.accelerator=cpu, or auto to take whatever is there"
+        )
+
+
+def check_train_batches(trainer: L.Trainer) -> None:
+    """A fit with no training step (batch_size above the training set, drop_last) is an error:
+    Lightning would print "No training batches" and exit 0."""
+    dm = trainer.datamodule
+    if dm is None or not hasattr(dm, "train_dataloader"):
+        return
+    loader = dm.train_dataloader()
+    try:
+        if len(loader) > 0:
+            return
+        per_device = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+    except TypeError:  # an iterable dataset: no length to check
+        return
+    world = trainer.world_size
+    split = f"{per_device} per device over {world} devices" if world > 1 else "on 1 device"
+    raise ConfigError(
+        f"data.batch_size={loader.batch_size} is larger than the training set "
+        f"({len(loader.dataset)} images, {split}), and the incomplete last batch is dropped: fit "
+        f"would train no step. Set data.batch_size to at most {per_device}, or train on more data"
+    )
+
+
+def check_state_dict_fits(model: torch.nn.Module, sd: Mapping[str, Any]) -> None:
+    """A checkpoint of another architecture or class count, named key by key (load_state_dict
+    would raise a traceback that lists every key)."""
+    own = model.state_dict()
+    lines = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and hasattr(v, "shape") and v.shape != own[k].shape
+    ]
+    if getattr(model, "strict_loading", True):
+        missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+        for what, keys in (("missing in the checkpoint", missing), ("not in the model", extra)):
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            lines += [f"{what}: {', '.join(keys[:3])}{more}"] if keys else []
+    if not lines:
+        return
+    try:
+        path = f" {model.trainer.ckpt_path}"
+    except (AttributeError, RuntimeError):  # not attached to a trainer: load_from_checkpoint
+        path = ""
+    listed = "\n".join(f"  {line}" for line in lines[:8])
+    raise ConfigError(
+        f"checkpoint{path} does not fit the configured model:\n{listed}\nThe config must build "
+        "the model the checkpoint was trained with: the same model.net settings and "
+        "data.num_classes, in_chans and img_size (the run's config.yaml has them)"
+    )
