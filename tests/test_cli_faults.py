@@ -262,8 +262,20 @@ def test_bad_betas_fail_before_any_run_files_exist(tmp_path, run_cli):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "model.betas=[0.9, 1.5] must be two numbers in [0, 1)" in proc.stderr
     assert "Traceback" not in proc.stderr
-    for name in ("config.yaml", "wandb", "checkpoints", run_lock.LOCK_FILE):
+    for name in ("config.yaml", "wandb", "wandb-run-id", "checkpoints", run_lock.LOCK_FILE):
         assert not (tmp_path / name).exists(), name
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "not-writable"])
+def test_a_run_folder_that_cannot_be_written_is_named_before_anything_runs(tmp_path, capsys, where):
+    (tmp_path / "f").write_text("a file, not a folder")
+    root = {"a-file": tmp_path / "f", "under-a-file": tmp_path / "f" / "run",
+            "not-writable": Path("/sys/vit-lightning-run")}[where]  # fmt: skip
+    # /sys refuses new entries even to root, who ignores permission bits
+    code, err = _fails(capsys, *smoke_args("fit", root, *QUIET, *SMALL))
+    assert code == 2 and f"trainer.default_root_dir={root}" in err, err
+    assert "--trainer.default_root_dir" in err and "Traceback" not in err
+    assert (tmp_path / "f").read_text() == "a file, not a folder"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

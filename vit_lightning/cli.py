@@ -5,7 +5,7 @@ Callbacks and plugins every run gets. The first seven are config groups (`--<gro
 - `last_checkpoint` (LastCheckpoint): `last.ckpt` rewritten every epoch (and every N steps if asked);
 - `prediction_writer` (PredictionWriter): `predict` writes one CSV row per image;
 - `run_summary` (RunSummary): parameter count, devices, precision, git commit, throughput to loggers;
-- `preemption` (Preemption): SIGTERM/SIGUSR1 save `last.ckpt`, then exit with 128 + the signal;
+- `preemption` (Preemption): SIGTERM/SIGINT/SIGUSR1 save `last.ckpt` (fit only), exit 128 + signal;
 - `nonfinite_guard` (NonFiniteGuard): stops at the first NaN/inf loss, never saves such weights;
 - `val_pictures` (ValPictures): predictions, confusion matrix and attention maps after validation;
 - RNGState callback (added in `instantiate_trainer`): RNG streams saved in, restored from checkpoints;
@@ -70,12 +70,13 @@ from vit_lightning.startup import (
     check_accelerator,
     check_checkpoint_file,
     check_config_files,
+    check_run_dir,
     conflict_error,
     hparam_conflicts,
     resolve_ckpt_path,
     user_settings,
 )
-from vit_lightning.wandb_runs import configure_logger, finish_run
+from vit_lightning.wandb_runs import configure_logger, finish_run, save_run_id
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
 
@@ -173,6 +174,8 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         except (ValueError, TypeError) as e:
             # a value out of range, caught by a constructor: report it like a parse error
             self.parser.error(f"invalid configuration: {_origin(e)}{e}")
+        for root, run_id in self.new_run_ids:  # only once the configuration has proved sound
+            save_run_id(root, run_id)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """Adds the RNGState callback and the AtomicCheckpointIO plugin (see the docstring above)."""
@@ -197,6 +200,8 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or "."
+        if self.subcommand in ("fit", "validate", "test", "predict"):
+            check_run_dir(root)
         if self.subcommand == "fit" and is_launching_process():  # before anything writes there
             self.run_lock = RunLock(root).acquire()
         seed, data_args = config.get("seed_everything"), config.get("data.init_args")
@@ -205,9 +210,12 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             data_args.loader_seed = seed
         resuming = bool(config.get("ckpt_path")) and os.path.isfile(str(config.ckpt_path))
         loggers = config.trainer.logger
+        self.new_run_ids = []  # written by instantiate_classes, once the classes are built
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "class_path", "").endswith("WandbLogger"):
-                configure_logger(logger.init_args, root, self.subcommand, resuming)
+                run_id = configure_logger(logger.init_args, root, self.subcommand, resuming)
+                if run_id is not None:
+                    self.new_run_ids.append((root, run_id))
 
 
 def _origin(e: BaseException) -> str:

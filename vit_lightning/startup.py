@@ -292,3 +292,23 @@ def check_state_dict_fits(model: torch.nn.Module, sd: Mapping[str, Any]) -> None
         "the model the checkpoint was trained with: the same model.net settings and "
         "data.num_classes, in_chans and img_size (the run's config.yaml has them)"
     )
+
+
+def check_run_dir(root: str) -> None:
+    """`trainer.default_root_dir` must be a folder this process can write, checked before the run
+    writes anything there (lock, config.yaml, W&B files, checkpoints)."""
+    path = Path(root).expanduser()
+    fix = "choose another --trainer.default_root_dir"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"trainer.default_root_dir={root}: {existing} is a file, not a folder; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"trainer.default_root_dir={root} is not writable ({e.strerror}: {e.filename}); {fix}"
+        ) from e
+

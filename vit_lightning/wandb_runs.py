@@ -110,7 +110,9 @@ def _offline_mode(init_args: Any) -> bool:
     return (init_args.get("mode") or os.environ.get("WANDB_MODE")) in _OFFLINE_MODES
 
 
-def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming: bool) -> None:
+def configure_logger(
+    init_args: Any, root: str, subcommand: str | None, resuming: bool
+) -> str | None:
     """Fill in a WandbLogger's init_args (a jsonargparse Namespace) in place, before it is built.
 
     - `save_dir` defaults to `root` (W&B's own default is the cwd, not the run directory);
@@ -119,6 +121,8 @@ def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming
       never waits on a login or a server; only rank 0 asks, as only rank 0 logs;
     - the run id, unless the user set `id` or `version`: a sweep agent's WANDB_RUN_ID wins; a fit
       gets `wandb_run_id(root, resuming)`, so a resumed fit keeps its run and a fresh one does not.
+
+    Returns the fit's run id for `save_run_id`, or None when the id is not the project's to keep.
     """
     if init_args.get("save_dir") in (None, "."):
         init_args.save_dir = root
@@ -130,12 +134,14 @@ def configure_logger(init_args: Any, root: str, subcommand: str | None, resuming
             rank_zero_warn(f"W&B server {wandb_url()} {problem}: {_offline_note(root)}")
             init_args.offline = True
     if init_args.get("id") or init_args.get("version"):
-        return  # the user's choice
+        return None  # the user's choice
     if os.environ.get("WANDB_RUN_ID"):  # set by a sweep agent: its run wins
         init_args.id = os.environ["WANDB_RUN_ID"]
     elif subcommand == "fit":
         init_args.id = wandb_run_id(root, resuming)
         init_args.resume = "allow"
+        return init_args.id
+    return None
 
 
 class WandbLogger(loggers.WandbLogger):
@@ -172,20 +178,27 @@ class WandbLogger(loggers.WandbLogger):
 def wandb_run_id(root: str | Path, resuming: bool) -> str | None:
     """The W&B run id of the run in `root`: kept when resuming, new otherwise.
 
-    Rank 0 persists it in `<root>/wandb-run-id`, so a requeued or resumed job keeps writing to
-    the same W&B run. Other ranks only read it (they log nothing) and never write it.
+    Rank 0 persists it in `<root>/wandb-run-id` (`save_run_id`), so a requeued or resumed job keeps
+    writing to the same W&B run. Other ranks only read it (they log nothing).
     """
     path = Path(root) / RUN_ID_FILE
     if resuming and path.is_file():
         return path.read_text().strip() or None
     if rank_zero_only.rank != 0:
         return None
-    run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
+    return secrets.token_hex(4)  # W&B ids: lowercase letters and digits
+
+
+def save_run_id(root: str | Path, run_id: str) -> None:
+    """Persist a fit's run id for `wandb_run_id`; the CLI calls it once the run's classes are
+    built, so a configuration error leaves no file behind."""
+    path = Path(root) / RUN_ID_FILE
+    if rank_zero_only.rank != 0 or (path.is_file() and path.read_text().strip() == run_id):
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{RUN_ID_FILE}.tmp{os.getpid()}")
     tmp.write_text(run_id + "\n")
     os.replace(tmp, path)  # atomic: a reader sees the old id or the new one, never half
-    return run_id
 
 
 def finish_run() -> None:
