@@ -301,7 +301,9 @@ def check_run_dir(root: str) -> None:
     fix = "choose another --trainer.default_root_dir"
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        raise ConfigError(f"trainer.default_root_dir={root}: {existing} is a file, not a folder; {fix}")
+        raise ConfigError(
+            f"trainer.default_root_dir={root}: {existing} is a file, not a folder; {fix}"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -311,4 +313,3 @@ def check_run_dir(root: str) -> None:
         raise ConfigError(
             f"trainer.default_root_dir={root} is not writable ({e.strerror}: {e.filename}); {fix}"
         ) from e
-
