@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vit_lightning.errors import UserError
+from vit_lightning.run_lock import pid_alive
 
 CHECKPOINT_DIR = "checkpoints"  # under default_root_dir
 LAST_CHECKPOINT = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION  # last.ckpt
@@ -71,16 +72,6 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}@{_host()}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Deletes the temp files of saves whose process died (e.g. a kill -9 mid-save); returns them.
 
@@ -90,7 +81,7 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     removed = []
     for p in Path(folder).glob(".*.tmp*"):
         m = _TEMP.match(p.name)
-        if m and m["host"] in (None, _host()) and not _alive(int(m["pid"])):
+        if m and m["host"] in (None, _host()) and not pid_alive(int(m["pid"])):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

@@ -61,7 +61,8 @@ def is_launching_process() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,7 +111,7 @@ class RunLock:
         if fcntl is None or not flock:
             holder = self._holder(fd)
             pid, host = holder.get("pid"), holder.get("host")
-            if host == socket.gethostname() and pid not in (None, os.getpid()) and _alive(pid):
+            if host == socket.gethostname() and pid not in (None, os.getpid()) and pid_alive(pid):
                 raise self._refusal(holder, stale_hint=True)
             if host not in (None, socket.gethostname()):
                 rank_zero_warn(
