@@ -284,3 +284,18 @@ def test_accelerator_gpu_without_a_gpu_is_one_line(tmp_path, capsys):
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 2 and len(lines) == 1 and "trainer.accelerator=gpu" in lines[0]
     assert "--trainer.accelerator=cpu" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("--data.batch_size=-4", "SyntheticDataModule: batch_size=-4 must be >= 1"),
+        ("--data.in_chans=2", "SyntheticDataModule: in_chans must be 1 or 3, got 2"),
+        ("--model.net.init_args.num_heads=5", "VisionTransformer: embed_dim=64 must be divisible"),
+    ],
+)
+def test_a_constructor_error_is_one_line_naming_the_class(tmp_path, capsys, override, line):
+    code, err = _fails(capsys, *smoke_args("fit", tmp_path, *QUIET, override))
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and line in errors[0], err
+    assert "Given value" not in err and "Union subtypes" not in err

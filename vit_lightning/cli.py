@@ -35,6 +35,7 @@ Other wiring:
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import lightning as L
@@ -173,7 +174,7 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             super().instantiate_classes()
         except (ValueError, TypeError) as e:
             # a value out of range, caught by a constructor: report it like a parse error
-            self.parser.error(f"invalid configuration: {_origin(e)}{e}")
+            self.parser.error(f"invalid configuration: {_constructor_error(e)}")
         for root, run_id in self.new_run_ids:  # only once the configuration has proved sound
             save_run_id(root, run_id)
 
@@ -218,15 +219,23 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
                     self.new_run_ids.append((root, run_id))
 
 
-def _origin(e: BaseException) -> str:
-    """'VisionTransformer: ' for an error raised in VisionTransformer's constructor, etc."""
-    tb, name = e.__traceback__, ""
+def _constructor_error(e: BaseException) -> str:
+    """'VisionTransformer: <message>' for an error raised in VisionTransformer's constructor.
+
+    A subclass-mode group (`data`) fails inside jsonargparse, which reports it as a block over its
+    Union's subtypes with the whole config namespace; keep the constructor's own line(s) only.
+    """
+    msg, name, tb = str(e), "", e.__traceback__
     while tb is not None:
         frame = tb.tb_frame
         if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
             name = type(frame.f_locals["self"]).__name__
         tb = tb.tb_next
-    return f"{name}: " if name else ""
+    if "Union subtypes" in msg:
+        own = [ln[4:] for ln in msg.splitlines() if ln.startswith("  - ") and "NoneType" not in ln]
+        cls = re.search(r"class_path='[\w.]*?(\w+)'", msg)
+        msg, name = "; ".join(own) or msg, cls[1] if cls else name
+    return f"{name}: {msg}" if name else msg
 
 
 def main(args: list[str] | None = None) -> ViTLightningCLI:
