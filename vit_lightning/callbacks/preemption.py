@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
@@ -31,7 +32,7 @@ class Preemption(Callback):
       `every_n_train_steps` save, so `--ckpt_path=last` continues exactly there.
     - `validate`, `test` and `predict` write nothing: their state (no optimizer, step 0) would
       replace the training checkpoint.
-    - Under DDP the ranks agree at every training batch end (one all-reduce of the signal number),
+    - Under DDP the ranks agree at every training batch end (one all-reduce of the signal number, on the host),
       so all of them save and stop at the same batch whichever rank got the signal. Acting on each
       rank's own flag let rank 0 wait in the save's barrier while rank 1 waited in the next
       collective, forever. A signal during validation takes effect at the next training batch.
@@ -50,6 +51,7 @@ class Preemption(Callback):
         self.preempted_by: int | None = None  # the signal that stopped the run
         self._signum: int | None = None  # the signal this process received
         self._installed = False
+        self._group: Any = None  # set in setup under DDP
 
     def _path(self, trainer: L.Trainer) -> str:
         folder = self.dirpath or checkpoint_dir(trainer.default_root_dir)
@@ -57,6 +59,10 @@ class Preemption(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.preempted_by, self._signum, self._installed = None, None, False
+        # the flag is host state: a CPU (gloo) group agrees on it without the device sync that a
+        # reduce on the training backend (NCCL) plus a read would cost every step
+        multi = self.enabled and trainer.world_size > 1 and dist.is_initialized()
+        self._group = dist.new_group(backend="gloo") if multi else None
 
     def _install(self, trainer: L.Trainer) -> None:
         """Replaces Lightning's SIGTERM handler, which broadcasts from inside the handler under
@@ -106,9 +112,10 @@ class Preemption(Callback):
         if not self.enabled or self.preempted_by is not None:
             return
         signum = self._signum or 0
-        if trainer.world_size > 1:  # every rank stops at this batch, or none does
-            flag = torch.tensor(signum, device=trainer.strategy.root_device)
-            signum = int(trainer.strategy.reduce(flag, reduce_op="max"))
+        if self._group is not None:  # every rank stops at this batch, or none does
+            flag = torch.tensor(signum)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+            signum = int(flag)
         if signum:
             self._signum = signum
             self._save(trainer, "after the current batch")
