@@ -30,6 +30,7 @@ from torch.export import Dim
 
 from vit_lightning.checkpoints import AtomicCheckpointIO
 from vit_lightning.errors import ConfigError, UserError
+from vit_lightning.vit import _pair  # the model's own size rule
 
 Format = Literal["onnx", "torch.export"]
 SUFFIX = {"onnx": ".onnx", "torch.export": ".pt2"}
@@ -222,7 +223,3 @@ def _check(model: nn.Module, run: Callable, input_size: tuple, net: nn.Module, f
         f"checkpoint's in {engine} at batch {' and '.join(map(str, CHECK_BATCHES))}, "
         f"{where} (max |diff| {worst:.2g})"
     )
-
-
-def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
