@@ -240,6 +240,24 @@ def test_sigterm_under_ddp_stops_every_rank_with_143(tmp_path, to_group):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ddp", [False, True], ids=["one process", "ddp"])
+def test_a_signal_in_the_final_validation_exits_143_with_the_finished_checkpoint(
+    tmp_path, run_cli, ddp
+):
+    """After the last training batch there is nothing left to save: the run ends as it would
+    have, on every rank, but with the signal's exit status."""
+    stop = ["--trainer.callbacks+=helpers.signal_at.SignalInFinalValidation"]
+    args = smoke_args("fit", tmp_path, *QUICK, *stop, *(DDP if ddp else ()))
+    proc = run_cli(*args, "--trainer.enable_progress_bar=false", timeout=120)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    said = "after the last training batch" if ddp else "(stopped outside a training batch)"
+    assert "SIGTERM received" in proc.stderr and said in proc.stderr
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert saved["epoch"] == 0 and progress["is_last_batch"] and saved["optimizer_states"]
+
+
+@pytest.mark.slow
 def test_sigterm_to_one_externally_launched_ddp_rank_stops_both_with_143(tmp_path):
     """torchrun/SLURM style: the ranks are separate processes; only rank 0 gets the signal."""
     every = "--last_checkpoint.every_n_train_steps=1"

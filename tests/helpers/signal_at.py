@@ -25,3 +25,16 @@ def signal_at(step: int, sig: str) -> list[str]:
         f"--trainer.callbacks.step={step}",
         f"--trainer.callbacks.sig={sig}",
     ]
+
+
+class SignalInFinalValidation(Callback):
+    """Global rank 0 sends `sig` to itself at the final epoch's validation batch `batch`."""
+
+    def __init__(self, batch: int = 1, sig: str = "SIGTERM") -> None:
+        self.batch, self.sig, self.sent = batch, sig, False
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        final = trainer.current_epoch == trainer.max_epochs - 1 and not trainer.sanity_checking
+        if final and batch_idx == self.batch and trainer.global_rank == 0 and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), getattr(signal, self.sig))

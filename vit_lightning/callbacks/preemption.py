@@ -35,7 +35,8 @@ class Preemption(Callback):
     - Under DDP the ranks agree at every training batch end (one all-reduce of the signal number, on the host),
       so all of them save and stop at the same batch whichever rank got the signal. Acting on each
       rank's own flag let rank 0 wait in the save's barrier while rank 1 waited in the next
-      collective, forever. A signal during validation takes effect at the next training batch.
+      collective, forever. A signal during validation takes effect at the next training batch, or
+      at the end of training after the final validation (nothing is left to save then).
     - A second Ctrl-C stops at once, without saving.
 
     `preempted_by` holds the signal once the run has stopped for it; the CLI turns it into the
@@ -108,18 +109,35 @@ class Preemption(Callback):
             "Rerun the same command with --ckpt_path=last to continue."
         )
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not self.enabled or self.preempted_by is not None:
-            return
+    def _agreed_signal(self) -> int:
+        """The signal any rank received (0 for none); every rank calls it at the same point."""
         signum = self._signum or 0
-        if self._group is not None:  # every rank stops at this batch, or none does
+        if self._group is not None:
             flag = torch.tensor(signum)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
             signum = int(flag)
-        if signum:
+        return signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self.enabled or self.preempted_by is not None:
+            return
+        if signum := self._agreed_signal():  # every rank stops at this batch, or none does
             self._signum = signum
             self._save(trainer, "after the current batch")
             raise SIGTERMException  # now, on every rank: the epoch's validation would not agree
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A signal after the last training batch (in the final validation, under DDP): the run
+        is complete and so are its checkpoints, but it still exits 128 + signal as promised."""
+        if not self.enabled or self.preempted_by is not None:
+            return
+        if signum := self._agreed_signal():
+            self._signum = self.preempted_by = signum
+            rank_zero_info(
+                f"{signal.Signals(signum).name} received after the last training batch: the run "
+                "completed and its checkpoints are complete."
+            )
+            raise SIGTERMException
 
     def _stop_evaluation(self, trainer: L.Trainer) -> None:
         # also after an eval loop's last batch, where Lightning's own check does not stop it
