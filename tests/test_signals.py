@@ -293,3 +293,52 @@ def test_sigterm_to_one_externally_launched_ddp_rank_stops_both_with_143(tmp_pat
             if p.poll() is None:
                 p.kill()
     _assert_loadable(tmp_path)
+
+
+def _external_ddp(root: Path, *args: str) -> list[subprocess.Popen]:
+    """Two ranks started as separate processes (torchrun/srun style), stderr piped."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "NODE_RANK": "0",
+    }
+    return [
+        subprocess.Popen(
+            cli_command(*smoke_args("fit", root, *DDP, *args)),
+            env=cli_env({**env, "RANK": str(r), "LOCAL_RANK": str(r)}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_externally_launched_ddp_stops_every_rank_at_once(tmp_path):
+    """Rank 0's save fails; rank 1 used to wait in the save's barrier until the process group's
+    30-minute timeout."""
+    args = [
+        "--trainer.logger=false",
+        "--trainer.max_epochs=3",
+        "--last_checkpoint.every_n_train_steps=1",
+        "--trainer.callbacks+=helpers.disk_full.DiskFullAt",
+        "--trainer.enable_progress_bar=false",
+    ]
+    ranks = _external_ddp(tmp_path, *args)
+    try:
+        errs = [p.communicate(timeout=60)[1] for p in ranks]
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in ranks] == [1, 1], errs[0][-2000:] + errs[1][-2000:]
+    assert "error: No space left on device: could not write checkpoint" in errs[0]
+    assert "rank 0 could not write it" in errs[1]
+    assert not any("Traceback" in e for e in errs)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2  # the last save that had room, intact

@@ -13,6 +13,8 @@ Callbacks and plugins every run gets. The first seven are config groups (`--<gro
   CheckpointIO): checkpoint files are complete or absent, and a damaged one is named.
 
 Other wiring:
+- the Trainer is `vit_lightning.trainer.Trainer` (plus `export`): a checkpoint save that fails on one rank fails on
+  all of them at once, instead of leaving the others in a barrier;
 - the DataModule's num_classes, in_chans and img_size are linked into the network's arguments;
 - the resolved `seed_everything` reaches the DataModule as `data.init_args.loader_seed`;
 - `--ckpt_path=last` means the newest of last.ckpt, on_exception.ckpt and SLURM's hpc_ckpt_*.ckpt;

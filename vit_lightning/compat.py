@@ -37,6 +37,15 @@ def given_hyperparameters() -> bool:
     return bool(hparams_mixin._given_hyperparameters.get())
 
 
+def dump_checkpoint(trainer: L.Trainer, weights_only: bool | None = None) -> dict[str, Any]:
+    """The checkpoint dict `trainer.save_checkpoint` would write.
+
+    `vit_lightning.trainer.Trainer` saves it with its ranks agreeing on success; Lightning's
+    `save_checkpoint` builds it and saves in one call, with no public way to get the dict alone.
+    """
+    return trainer._checkpoint_connector.dump_checkpoint(weights_only)
+
+
 def _batch_progress(trainer: L.Trainer) -> Any:
     return trainer.fit_loop.epoch_loop.batch_progress
 
@@ -132,6 +141,10 @@ def check() -> list[str]:
         ("trainer.fit_loop.epoch_loop.batch_progress.current.processed", train_batches_done),
         ("trainer.fit_loop.epoch_loop.batch_progress.is_last_batch", is_last_train_batch),
         ("trainer._signal_connector.received_sigterm", _stops),
+        (
+            "trainer._checkpoint_connector.dump_checkpoint",
+            lambda t: t._checkpoint_connector.dump_checkpoint,
+        ),
     ]
     for name, probe in probes:
         try:

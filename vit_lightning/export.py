@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.export import Dim
 
+from vit_lightning import trainer
 from vit_lightning.checkpoints import AtomicCheckpointIO
 from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.vit import _pair  # the model's own size rule
@@ -41,8 +42,8 @@ TOLERANCE = 1e-4  # absolute and relative: ONNX Runtime's float32 kernels agains
 ONNX_SINGLE_FILE = 2**31 - 2**27  # bytes of weights that fit protobuf's 2 GiB with the graph
 
 
-class Trainer(L.Trainer):
-    """Lightning's Trainer with one more method, `export`: the CLI's `export` subcommand."""
+class Trainer(trainer.Trainer):
+    """The project's Trainer with one more method, `export`: the CLI's `export` subcommand."""
 
     def export(
         self,
