@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import smoke_args
+from helpers import ROOT, smoke_args
 from helpers.cli import cli_command, cli_env
 
 from vit_lightning import run_lock
@@ -190,11 +190,26 @@ def test_without_file_locks_a_live_pid_holds_the_folder_and_a_dead_one_does_not(
 
 def test_a_batch_larger_than_the_training_set_fails_at_startup_naming_both(tmp_path, capsys):
     data = ["--data.train_size=40", "--data.val_size=16", "--data.batch_size=64"]
-    code, err = _fails(capsys, *smoke_args("fit", tmp_path, *QUIET, *data))
+    # the smoke config's offline W&B logger stays on: no run id may be saved for this
+    code, err = _fails(
+        capsys, *smoke_args("fit", tmp_path, "--trainer.enable_progress_bar=false", *data)
+    )
     line = next(x for x in err.splitlines() if x.startswith("error:"))
     assert code == 2 and "data.batch_size=64" in line and "40 images" in line
     assert "at most 40" in line
-    assert not (tmp_path / "checkpoints").exists()
+    for name in ("checkpoints", "config.yaml", "wandb-run-id"):
+        assert not (tmp_path / name).exists(), name
+
+
+def test_a_missing_data_set_leaves_no_run_files(tmp_path, capsys):
+    config = str(ROOT / "configs" / "cifar10.yaml")
+    data = [f"--data.data_dir={tmp_path / 'data'}", "--data.download=false"]
+    root = tmp_path / "run"
+    args = ["fit", "--config", config, *data, f"--trainer.default_root_dir={root}"]
+    code, err = _fails(capsys, *args, "--trainer.logger.init_args.offline=true")
+    assert code == 1 and "cifar-10-python.tar.gz" in err
+    for name in ("config.yaml", "wandb", "wandb-run-id", "checkpoints"):
+        assert not (root / name).exists(), name
 
 
 # --- startup errors ---

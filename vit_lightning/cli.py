@@ -87,7 +87,11 @@ LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Saves config.yaml, and also sends the whole resolved config to every logger (e.g. W&B)."""
 
+    run_ids: list[tuple[str, str]] = []  # (default_root_dir, W&B run id) for `save_run_id`
+
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for root, run_id in self.run_ids:
+            save_run_id(root, run_id)
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         # instantiation links are resolved only now: record the values the network really got
         net_args = config["model"]["net"].setdefault("init_args", {})
@@ -177,7 +181,11 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         except (ValueError, TypeError) as e:
             # a value out of range, caught by a constructor: report it like a parse error
             self.parser.error(f"invalid configuration: {_constructor_error(e)}")
-        for root, run_id in self.new_run_ids:  # only once the configuration has proved sound
+        # written with config.yaml, once the data is set up: a failed start leaves no file behind
+        saver = [c for c in self.trainer.callbacks if isinstance(c, LoggerSaveConfigCallback)]
+        for cb in saver:
+            cb.run_ids = self.new_run_ids
+        for root, run_id in [] if saver else self.new_run_ids:
             save_run_id(root, run_id)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
@@ -213,7 +221,7 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             data_args.loader_seed = seed
         resuming = bool(config.get("ckpt_path")) and os.path.isfile(str(config.ckpt_path))
         loggers = config.trainer.logger
-        self.new_run_ids = []  # written by instantiate_classes, once the classes are built
+        self.new_run_ids = []  # written once the run has started: see instantiate_classes
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "class_path", "").endswith("WandbLogger"):
                 run_id = configure_logger(logger.init_args, root, self.subcommand, resuming)

@@ -14,7 +14,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vit_lightning import compat
-from vit_lightning.startup import check_state_dict_fits, check_train_batches
+from vit_lightning.startup import check_state_dict_fits
 
 
 class ViTClassifier(L.LightningModule):
@@ -125,10 +125,6 @@ class ViTClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            check_train_batches(self.trainer)  # batch_size above the training set: no step
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint of a `torch.compile(net)` wrapper (other code, older runs) carries the

@@ -23,6 +23,7 @@ from vit_lightning.data.augment import NO_AUGMENT, Policy
 from vit_lightning.data.device_pipeline import ResidentImages, passthrough
 from vit_lightning.data.folder import ImageFolderFlat
 from vit_lightning.data.sampling import ResumableLoader, ResumableSampler, SeededView
+from vit_lightning.startup import check_train_batches
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -105,6 +106,8 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.train_set is None:
             self.train_set, self.val_set = self.fit_datasets()
+        if stage == "fit" and self.trainer is not None:
+            check_train_batches(self.trainer)  # here, before the CLI writes config.yaml
         if stage in ("test", None) and self.test_set is None:
             self.test_set = self.test_dataset()
         if stage in ("predict", None) and self.predict_set is None:
