@@ -342,3 +342,21 @@ def test_a_full_disk_under_externally_launched_ddp_stops_every_rank_at_once(tmp_
     assert not any("Traceback" in e for e in errs)
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 2  # the last save that had room, intact
+
+
+_WITHOUT_SIGWAITINFO = (
+    "import signal; del signal.sigwaitinfo; from vit_lightning.cli import main; main()"
+)
+
+
+def test_sigterm_to_the_process_group_without_sigwaitinfo_saves_and_exits_143(
+    tmp_path, monkeypatch
+):
+    """macOS has no `signal.sigwaitinfo`: the loader workers (forked, so they lack it too) cannot
+    tell who sent a SIGTERM, and must not die of the scheduler's."""
+    command = lambda *args: [sys.executable, "-c", _WITHOUT_SIGWAITINFO, *args]  # noqa: E731
+    monkeypatch.setitem(globals(), "cli_command", command)  # what _sigterm_from_outside starts
+    args = ["--trainer.logger=false", "--trainer.max_epochs=3", "--data.num_workers=2"]
+    err = _sigterm_from_outside(tmp_path, args, to_group=True)
+    assert "SIGTERM received: saved" in err
+    _assert_loadable(tmp_path)

@@ -1,7 +1,8 @@
 """Checkpoint files: where they go, which one a run resumes from, and how they are written.
 
 - `CHECKPOINT_DIR`, `LAST_CHECKPOINT`, `checkpoint_dir`: the folder and file names, defined once.
-- `newest_checkpoint`: what `--ckpt_path=last` resumes from.
+- `newest_checkpoint`, `best_checkpoint`: what `--ckpt_path=last` and `=best` load, in a local
+  folder or an fsspec URL (`s3://...`).
 - `AtomicCheckpointIO`: checkpoint files that are either complete or absent.
 - `remove_stale_temp_files`: what a killed save left behind.
 - `corrupt_checkpoint`, `disk_full`: the errors that name the file and the way out.
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ from typing import Any
 
 import fsspec.utils
 import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -36,28 +39,65 @@ def checkpoint_dir(default_root_dir: str | None) -> str:
     return os.path.join(default_root_dir or ".", CHECKPOINT_DIR)
 
 
-def newest_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> Path | None:
+def newest_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> Path | str | None:
     """The most recently written of a run's resumable checkpoints, or None.
 
     Candidates: `last*.ckpt` and `on_exception*.ckpt` in `ckpt_dir` (default
     `<root>/checkpoints`), and SLURM's `hpc_ckpt_<n>.ckpt` in `root`. Lightning's own
     `ckpt_path="last"` never considers the hpc ones, and loads those only with `ckpt_path=None`
     on SLURM, so a requeued job would miss whichever kind it does not look at.
+
+    Returns a Path in a local folder, a URL (`s3://...`) in a remote one.
     """
-    root = Path(root)
-    ckpt_dir = Path(ckpt_dir) if ckpt_dir else Path(checkpoint_dir(str(root)))
+    ckpt_dir = ckpt_dir or checkpoint_dir(str(root))
     ext = ModelCheckpoint.FILE_EXTENSION
     found = [
-        *ckpt_dir.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*{ext}"),
-        *ckpt_dir.glob(f"{ON_EXCEPTION_NAME}*{ext}"),
-        *root.glob(HPC_CHECKPOINTS),
+        *_find(ckpt_dir, f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*{ext}"),
+        *_find(ckpt_dir, f"{ON_EXCEPTION_NAME}*{ext}"),
+        *_find(root, HPC_CHECKPOINTS),
     ]
-    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
+    return max(found, key=_mtime_ns, default=None)
 
 
 def is_local(path: str | Path) -> bool:
     """Whether `path` is on this machine's filesystem, not an fsspec URL such as `s3://...`."""
     return fsspec.utils.get_protocol(str(path)) in ("file", "local")
+
+
+def _local(path: str | Path) -> Path:
+    return Path(str(path).removeprefix("file://"))
+
+
+def _join(folder: str | Path, name: str) -> Path | str:
+    return _local(folder) / name if is_local(folder) else f"{str(folder).rstrip('/')}/{name}"
+
+
+def _find(folder: str | Path, pattern: str) -> list[Path | str]:
+    """The files in `folder` named like `pattern`: Paths, or URLs spelt as `folder` is."""
+    if is_local(folder):
+        return list(_local(folder).glob(pattern))
+    fs = get_filesystem(str(folder))
+    try:  # ls, not glob: a `[` or `*` in the folder's own name is no pattern
+        entries = fs.ls(str(folder), detail=True)
+    except FileNotFoundError:
+        return []
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file"]
+    return [_join(folder, n) for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _mtime_ns(path: Path | str) -> int:
+    if isinstance(path, Path):
+        return path.stat().st_mtime_ns
+    return int(get_filesystem(path).modified(path).timestamp() * 1e9)
+
+
+def _is_file(path: Path | str) -> bool:
+    if isinstance(path, Path):
+        return path.is_file()
+    try:  # a recorded URL may name a store this machine cannot reach (a run copied off it)
+        return get_filesystem(path).isfile(path)
+    except (ImportError, ValueError, OSError):
+        return False
 
 
 # `.last.ckpt.tmp<pid>@<host>`: the host, because a shared filesystem shows other nodes' saves
@@ -78,8 +118,10 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     A temp file is stale when it was written on this host by a process that no longer exists; a
     live process's file, and one from another host, are left alone.
     """
-    removed = []
-    for p in Path(folder).glob(".*.tmp*"):
+    removed: list[Path] = []
+    if not is_local(folder):
+        return removed  # remote saves are Lightning's, which writes no temp file beside them
+    for p in _local(folder).glob(".*.tmp*"):
         m = _TEMP.match(p.name)
         if m and m["host"] in (None, _host()) and not pid_alive(int(m["pid"])):
             p.unlink(missing_ok=True)
@@ -170,7 +212,7 @@ def disk_full(path: Path) -> UserError:
     )
 
 
-def best_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> Path | None:
+def best_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> Path | str | None:
     """What `--ckpt_path=best` loads: the run's best checkpoint by the metric it monitors, or None.
 
     A ModelCheckpoint with a `monitor` records its best file in its callback state, and the
@@ -178,28 +220,39 @@ def best_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> Pat
     is gone (a run folder copied off the cluster) is looked for by name in `ckpt_dir`. Without a
     record, the files in `ckpt_dir` that such a callback saved are compared by the score each one
     recorded when it was written, in the callback's mode (max or min).
+
+    Returns a Path in a local folder, a URL (`s3://...`) in a remote one.
     """
-    root = Path(root)
-    ckpt_dir = Path(ckpt_dir) if ckpt_dir else Path(checkpoint_dir(str(root)))
+    ckpt_dir = ckpt_dir or checkpoint_dir(str(root))
     newest = newest_checkpoint(root, ckpt_dir)
     for state, _ in _monitoring_states(newest) if newest else []:
-        recorded = Path(state.get("best_model_path") or "")
-        for path in (recorded, ckpt_dir / recorded.name) if recorded.name else ():
-            if path.is_file():
-                return path
+        recorded = state.get("best_model_path") or ""
+        if name := _name(recorded):
+            here = _local(recorded) if is_local(recorded) else recorded
+            for path in (here, _join(ckpt_dir, name)):
+                if _is_file(path):
+                    return path
     scored = []
-    for path in ckpt_dir.glob(f"*{ModelCheckpoint.FILE_EXTENSION}"):
+    for path in _find(ckpt_dir, f"*{ModelCheckpoint.FILE_EXTENSION}"):
         for state, sign in _monitoring_states(path):
-            scores = {Path(p).name: s for p, s in (state.get("best_k_models") or {}).items()}
-            if path.name in scores:  # saved by this callback as one of its top k
-                scored.append((sign * float(scores[path.name]), path))
-    return max(scored)[1] if scored else None
+            scores = {_name(p): s for p, s in (state.get("best_k_models") or {}).items()}
+            if _name(path) in scores:  # saved by this callback as one of its top k
+                scored.append((sign * float(scores[_name(path)]), str(path), path))
+    return max(scored)[2] if scored else None
 
 
-def _monitoring_states(path: Path) -> list[tuple[dict, int]]:
+def _name(path: str | Path) -> str:
+    return Path(path).name if is_local(path) else str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _monitoring_states(path: Path | str) -> list[tuple[dict, int]]:
     """(state, +1 for mode max or -1 for min) of each ModelCheckpoint with a monitor in `path`."""
     try:  # mmap: the tensors stay on disk, only the small callback states are read
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        if isinstance(path, Path):
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        else:  # remote: read whole, as Lightning's own loading would
+            with get_filesystem(path).open(path, "rb") as f:
+                checkpoint = torch.load(f, map_location="cpu", weights_only=True)
     except Exception:  # unreadable: not a candidate; loading it would name the damage
         return []
     return [

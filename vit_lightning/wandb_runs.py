@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import glob
 import json
+import logging
 import netrc
 import os
 import secrets
@@ -30,7 +31,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch import loggers
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 RUN_ID_FILE = "wandb-run-id"  # in default_root_dir
@@ -39,6 +39,8 @@ PROBE_TIMEOUT = 5.0  # s, DNS to answer; wandb.init would wait 90 s, then fail t
 _VIEWER_QUERY = json.dumps({"query": "query Viewer { viewer { id } }"}).encode()
 _CHECK_KEY = "check WANDB_API_KEY or run `wandb login`"
 _OFFLINE_MODES = ("offline", "dryrun", "disabled")  # wandb's modes that never reach a server
+# Lightning's logger prints to stderr; a Python warning would vanish under PYTHONWARNINGS=ignore
+_log = logging.getLogger("lightning.pytorch")
 
 
 def wandb_url() -> str:
@@ -99,6 +101,12 @@ def _ask_viewer(timeout: float) -> str | None:
     return None
 
 
+@rank_zero_only
+def _warn_offline(why: str, root: str | Path) -> None:
+    """Tells the researcher, whatever the warnings filters, that the run logs offline."""
+    _log.warning(f"{why}: {_offline_note(root)}")
+
+
 def _offline_note(root: str | Path) -> str:
     return (
         f"logging offline to {root}/wandb instead. Upload later with "
@@ -131,7 +139,7 @@ def configure_logger(
     elif rank_zero_only.rank == 0 and not init_args.get("offline") and not _offline_mode(init_args):
         problem = wandb_server_problem()
         if problem is not None:
-            rank_zero_warn(f"W&B server {wandb_url()} {problem}: {_offline_note(root)}")
+            _warn_offline(f"W&B server {wandb_url()} {problem}", root)
             init_args.offline = True
     if init_args.get("id") or init_args.get("version"):
         return None  # the user's choice
@@ -166,9 +174,8 @@ class WandbLogger(loggers.WandbLogger):
         except (wandb.Error, TimeoutError) as e:
             if os.environ.get("WANDB_MODE") in _OFFLINE_MODES:
                 raise  # offline failed too: not a server problem
-            rank_zero_warn(
-                f"W&B could not start an online run on {wandb_url()} ({e}): "
-                + _offline_note(self.save_dir)
+            _warn_offline(
+                f"W&B could not start an online run on {wandb_url()} ({e})", self.save_dir
             )
             wandb.teardown()
             os.environ["WANDB_MODE"] = "offline"

@@ -176,9 +176,17 @@ def loader_worker_init(worker_id: int) -> None:
     cleanly, and the main process ends its workers itself once it has stopped. A SIGTERM from the
     main process (DataLoader shutdown, interpreter exit) still ends the worker at once, as torch's
     own worker handler does; telling the two apart needs the sender, which only `sigwaitinfo` has.
+
+    Without it (macOS) the worker ignores SIGTERM, and still ends as torch ends it otherwise: a
+    Trainer's teardown shuts its loaders down on every exit path (torch's `_shutdown_workers` sets
+    the done event and sends each worker the None that ends its loop, before any `terminate()`),
+    and a worker whose main process died ends within 5 s (torch's `ManagerWatchdog`). Given up: a
+    worker stuck inside the dataset outlives that `terminate()`, and an iterator never shut down
+    (held at interpreter exit, outside a Trainer) makes the exit wait on its workers.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):  # macOS: torch's handler, the worker dies of it
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
