@@ -9,6 +9,7 @@ Callbacks and plugins every run gets. The first seven are config groups (`--<gro
 - `nonfinite_guard` (NonFiniteGuard): stops at the first NaN/inf loss, never saves such weights;
 - `val_pictures` (ValPictures): predictions, confusion matrix and attention maps after validation;
 - RNGState callback (added in `instantiate_trainer`): RNG streams saved in, restored from checkpoints;
+- LearningRateMonitor (added when there is a logger): every parameter group's lr as `lr/<group>`;
 - AtomicCheckpointIO plugin (added in `instantiate_trainer` unless `trainer.plugins` holds a
   CheckpointIO): checkpoint files are complete or absent, and a damaged one is named.
 
@@ -42,7 +43,7 @@ import sys
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -67,6 +68,7 @@ from vit_lightning.data import ImageDataModule
 from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.export import ExportSubcommand
 from vit_lightning.module import ViTClassifier
+from vit_lightning.pretrained import local_problem
 from vit_lightning.run_lock import RunLock, is_launching_process
 from vit_lightning.startup import (
     USER_WINS,
@@ -189,10 +191,13 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             save_run_id(root, run_id)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        """Adds the RNGState callback and the AtomicCheckpointIO plugin (see the docstring above)."""
+        """Adds RNGState, LearningRateMonitor and AtomicCheckpointIO (see the docstring above)."""
         trainer = self._get(self.config_init, "trainer", default={})
         listify = lambda v: [] if v is None else list(v) if isinstance(v, list) else [v]  # noqa: E731
-        kwargs.setdefault("callbacks", [*listify(trainer.get("callbacks")), RNGState()])
+        callbacks = [*listify(trainer.get("callbacks")), RNGState()]
+        if trainer.get("logger") is not False:  # it raises without a logger
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        kwargs.setdefault("callbacks", callbacks)
         plugins = listify(trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
@@ -213,13 +218,16 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         root = config.trainer.default_root_dir or "."
         if self.subcommand in ("fit", "validate", "test", "predict"):
             check_run_dir(root)
+        resuming = bool(config.get("ckpt_path")) and os.path.isfile(str(config.ckpt_path))
+        pretrained = config.get("model.pretrained")
+        if pretrained and not resuming and (problem := local_problem(pretrained)):
+            raise ConfigError(f"model.pretrained: {problem}")  # before anything is written
         if self.subcommand == "fit" and is_launching_process():  # before anything writes there
             self.run_lock = RunLock(root).acquire()
         seed, data_args = config.get("seed_everything"), config.get("data.init_args")
         # no loader_seed key: a DataModule without that argument; False: the user turned seeding off
         if type(seed) is int and data_args is not None and data_args.get("loader_seed", 0) is None:
             data_args.loader_seed = seed
-        resuming = bool(config.get("ckpt_path")) and os.path.isfile(str(config.ckpt_path))
         loggers = config.trainer.logger
         self.new_run_ids = []  # written once the run has started: see instantiate_classes
         for logger in loggers if isinstance(loggers, list) else [loggers]:

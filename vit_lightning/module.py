@@ -14,6 +14,9 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vit_lightning import compat
+from vit_lightning.finetune import Freeze, check_layer_decay, param_groups
+from vit_lightning.finetune import freeze as freeze_layers
+from vit_lightning.pretrained import load_pretrained
 from vit_lightning.startup import check_state_dict_fits
 
 
@@ -43,6 +46,18 @@ class ViTClassifier(L.LightningModule):
             keyword arguments, e.g. `{mode: max-autotune}`. The module is compiled in place
             (`nn.Module.compile`), so state_dict keys and checkpoints are unchanged, and DDP
             wraps the module as usual.
+        pretrained: Initial weights of `net` for fine-tuning: a file in timm's format (.pth,
+            .pt, .bin, .safetensors), a checkpoint of this template (.ckpt), a timm model name
+            or an `hf-hub:` id (see `vit_lightning.pretrained`). Position embeddings and the
+            patch kernel are resampled, a head of another class count is re-initialised. Loaded
+            at the start of a run that does not resume (`--ckpt_path` unset or none), so a
+            resumed run keeps its own weights.
+        layer_decay: Layer-wise lr decay (e.g. 0.65): each block's lr is scaled by
+            layer_decay ** (its distance from the head), with timm's groups (`group_matcher`).
+        freeze: "none"; "backbone" trains the head only (a linear probe); k freezes the patch
+            embedding, position embedding and first k blocks. Frozen layers stay in eval mode.
+        grad_checkpointing: Recompute each block's activations in the backward pass
+            (`net.set_grad_checkpointing()`): less memory, same gradients, more compute.
     """
 
     def __init__(
@@ -61,6 +76,10 @@ class ViTClassifier(L.LightningModule):
         lr_scaling: Literal["none", "linear", "sqrt"] = "none",
         base_batch_size: int = 256,
         compile: bool | dict[str, Any] = False,
+        pretrained: str | None = None,
+        layer_decay: float | None = None,
+        freeze: Freeze = "none",
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         non_negative = {
@@ -80,6 +99,7 @@ class ViTClassifier(L.LightningModule):
             raise ValueError(f"model.base_batch_size={base_batch_size} must be >= 1")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+        check_layer_decay(layer_decay)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             # AdamW would only object inside fit, after config.yaml and the W&B run exist
             raise ValueError(
@@ -90,6 +110,14 @@ class ViTClassifier(L.LightningModule):
         # hyperparameter: its weights are in the state_dict, and pickling it would bloat hparams.
         self.save_hyperparameters(ignore=[] if compat.given_hyperparameters() else ["net"])
         self.net = net
+        self.frozen = freeze_layers(net, freeze)
+        if grad_checkpointing:
+            if not callable(getattr(net, "set_grad_checkpointing", None)):
+                raise ValueError(
+                    f"model.grad_checkpointing needs net.set_grad_checkpointing() (timm's API); "
+                    f"{type(net).__name__} has none"
+                )
+            net.set_grad_checkpointing(True)
         if compile:
             # in place: no `_orig_mod.` wrapper, and the first forward pays the compile time
             net.compile(**(compile if isinstance(compile, dict) else {}))
@@ -126,6 +154,16 @@ class ViTClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def train(self, mode: bool = True) -> ViTClassifier:
+        super().train(mode)
+        for m in self.frozen:  # no dropout or DropPath in frozen layers: their features are fixed
+            m.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.get("pretrained") and self.trainer.ckpt_path is None:
+            load_pretrained(self.net, self.hparams.pretrained)  # a resumed run keeps its weights
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint of a `torch.compile(net)` wrapper (other code, older runs) carries the
         # prefix `_orig_mod.` in its keys; ours never do, so strip it to load either kind
@@ -153,9 +191,8 @@ class ViTClassifier(L.LightningModule):
         self.train_acc.update(logits.detach(), y)  # against the unmixed labels
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
-            self.log(
-                "train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False
-            )
+            peak = max(self.lr_schedulers().get_last_lr())  # the head's, under layer decay
+            self.log("train/lr", peak, on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -252,19 +289,11 @@ class ViTClassifier(L.LightningModule):
         return min(steps, t.max_steps) if t.max_steps != -1 else steps
 
     def configure_optimizers(self) -> dict:
-        no_decay_names = getattr(self.net, "no_weight_decay", set)()
-        decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            if not p.requires_grad:
-                continue
-            # norms, biases and LayerScale gammas are 1-D; pos_embed/cls_token come by name
-            (no_decay if p.ndim <= 1 or name in no_decay_names else decay).append(p)
         hp = self.hparams
         lr, min_lr = self._scaled_lr()
-        groups = [
-            {"params": decay, "weight_decay": hp.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        groups = param_groups(self.net, hp.weight_decay, hp.get("layer_decay"))
+        for g in groups:
+            g["lr"] = lr * g["lr_scale"]  # the schedule below multiplies each group's own lr
         fused = self.device.type == "cuda"  # one kernel for all parameters on GPU
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
 
@@ -286,5 +315,6 @@ class ViTClassifier(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            # "lr": every group's lr is logged as lr/<group> (LearningRateMonitor, see cli.py)
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }

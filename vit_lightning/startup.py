@@ -33,8 +33,9 @@ from vit_lightning.errors import ConfigError
 UNTRAINED = "none"  # --ckpt_path=none: evaluate or predict the untrained model, on purpose
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 VERSION_KEY = "pytorch-lightning_version"  # in every checkpoint Lightning writes
-# model settings that change how the model runs, not what it computes: the user's value wins
-USER_WINS = ("model.compile",)
+# model settings that change how the model runs (or, for pretrained, only a fresh start), not
+# what a resumed run computes: the user's value wins
+USER_WINS = ("model.compile", "model.pretrained", "model.grad_checkpointing")
 
 
 def config_files(args: list[str]) -> Iterator[str]:

@@ -1,0 +1,108 @@
+"""Fashion-MNIST transfer, measured on this machine with the CLI (README, "Fine-tuning").
+
+    python -m benchmarks.transfer export      # PNG folders under data/transfer (from Debian's copy)
+    python -m benchmarks.transfer run         # pretrain, then fine-tune / scratch / probe per seed
+    python -m benchmarks.transfer table       # the README table from the runs' test accuracies
+
+Pretraining (once, seed 0) sees all training images of classes 0-4. The downstream task is classes 5-9 with 100
+labelled training images per class (10 of them held out for validation by the DataModule's
+split) and all 5,000 test images of those classes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from lightning.pytorch.callbacks import Callback
+
+from benchmarks.common import ROOT
+
+SOURCE = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+DATA, RUNS = ROOT / "data" / "transfer", ROOT / "runs" / "transfer"
+NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+PER_CLASS, SEEDS = 100, (0, 1)
+VARIANTS = ("finetune", "scratch", "probe")
+
+
+def _idx(name: str) -> np.ndarray:
+    raw = gzip.open(SOURCE / f"{name}.gz").read()
+    if name.endswith("labels-idx1-ubyte"):
+        return np.frombuffer(raw, np.uint8, offset=8)
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+
+
+def _write(folder: Path, images: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> None:
+    for i in keep:
+        out = folder / f"{labels[i]}_{NAMES[labels[i]]}" / f"{i:05d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(out)
+
+
+def export() -> None:
+    x, y = _idx("train-images-idx3-ubyte"), _idx("train-labels-idx1-ubyte")
+    xt, yt = _idx("t10k-images-idx3-ubyte"), _idx("t10k-labels-idx1-ubyte")
+    _write(DATA / "pretrain" / "train", x, y, np.flatnonzero(y < 5))
+    _write(DATA / "pretrain" / "test", xt, yt, np.flatnonzero(yt < 5))
+    rng = np.random.default_rng(0)
+    few = [rng.choice(np.flatnonzero(y == c), PER_CLASS, replace=False) for c in range(5, 10)]
+    _write(DATA / "downstream" / "train", x, y, np.sort(np.concatenate(few)))
+    _write(DATA / "downstream" / "test", xt, yt, np.flatnonzero(yt >= 5))
+
+
+class SaveTest(Callback):
+    """Writes `test` metrics to <default_root_dir>/test.yaml for `table`."""
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        Path(trainer.default_root_dir, "test.yaml").write_text(yaml.safe_dump(metrics))
+
+
+def _cli(*args: str) -> None:
+    cmd = [sys.executable, "-m", "vit_lightning", *args, "--trainer.logger=false"]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def run(seeds: tuple[int, ...] = SEEDS) -> None:
+    cfg = "configs/transfer"
+    pre = RUNS / "pretrain"  # one pretrained network (seed 0); the seeds vary the downstream runs
+    if not (pre / "checkpoints" / "last.ckpt").exists():
+        _cli("fit", f"--config={cfg}/fmnist_pretrain.yaml", f"--trainer.default_root_dir={pre}")
+    for seed in seeds:
+        weights = f"--model.pretrained={pre / 'checkpoints' / 'last.ckpt'}"
+        extra = {"finetune": [weights, "--model.layer_decay=0.75"], "scratch": [], "probe": [weights, "--config", f"{cfg}/fmnist_probe.yaml"]}
+        for variant in VARIANTS:
+            out = RUNS / f"{variant}_s{seed}"
+            if (out / "test.yaml").exists():
+                continue
+            common = [f"--config={cfg}/fmnist_downstream.yaml", *extra[variant], f"--seed_everything={seed}",
+                      f"--trainer.default_root_dir={out}"]  # fmt: skip
+            _cli("fit", *common)
+            _cli("test", *common, "--ckpt_path=last", "--trainer.callbacks+=benchmarks.transfer.SaveTest")
+
+
+def table() -> str:
+    rows = ["| variant | test acc, classes 5-9 (mean) | per seed | epoch time |", "|---|---|---|---|"]
+    for variant in VARIANTS:
+        accs, times = [], []
+        for seed in SEEDS:
+            path = RUNS / f"{variant}_s{seed}" / "test.yaml"
+            if path.exists():
+                saved = yaml.safe_load(path.read_text())
+                accs.append(saved["test/acc"])
+        if accs:
+            per = ", ".join(f"{a:.2%}" for a in accs)
+            rows.append(f"| {variant} | {np.mean(accs):.2%} | {per} | |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "table"
+    {"export": export, "run": run, "table": lambda: print(table())}[what]()
