@@ -2,11 +2,12 @@
 `model.grad_checkpointing`, the per-group lr log, and an exact resume of a fine-tuning run."""
 
 import csv
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import smoke_args
+from helpers import ROOT, smoke_args
 from helpers.signal_at import signal_at
 from safetensors.torch import save_file
 from test_resume import _assert_same_run, _config, _fit
@@ -140,3 +141,50 @@ def test_a_fine_tuning_run_resumes_bit_identical(tmp_path, fmnist_idx_300, run_c
     again = run_cli(*_fit(resumed, *tune, "--ckpt_path=last"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _assert_same_run(resumed, straight) > 0
+
+
+@pytest.mark.parametrize("config", ["folder_finetune", "cifar10_finetune"])
+def test_shipped_finetune_configs_offline_fail_fast_naming_the_weights(
+    tmp_path, capsys, monkeypatch, cifar10, config
+):
+    """No network here, and no Hugging Face cache: the Hub weights are named, with how to get
+    them, in seconds."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    (tmp_path / "images" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "images" / "train" / "b").mkdir()
+    import numpy as np
+    from PIL import Image
+
+    for c in "ab":
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(
+                tmp_path / "images" / "train" / c / f"{i}.png"
+            )
+    data = {"folder_finetune": [f"--data.root={tmp_path / 'images'}"],
+            "cifar10_finetune": [f"--data.data_dir={cifar10.root}", "--data.download=false",
+                                 "--data.val_size=20"]}  # fmt: skip
+    args = ["fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), *data[config], *QUIET]
+    args += [f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu"]
+    args += ["--trainer.precision=32-true", "--data.num_workers=0", "--data.batch_size=2"]
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    took = time.monotonic() - start
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert exc.value.code == 1 and "_patch16_224.augreg_in21k_ft_in1k" in line
+    assert "hf download" in line and "Traceback" not in err
+    assert took < 10, took
+
+
+def test_cifar10_resize_upsamples_after_the_augmentation_and_sets_the_model_size():
+    from PIL import Image
+
+    from vit_lightning.data import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(resize=48, augment="autoaugment", random_erasing=0.5)
+    assert dm.img_size == 48 and CIFAR10DataModule().img_size == 32
+    image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy())
+    assert dm.train_transform()(image).shape == dm.eval_transform()(image).shape == (3, 48, 48)
+    with pytest.raises(ValueError, match="device_pipeline=false"):
+        CIFAR10DataModule(resize=48, device_pipeline=True)

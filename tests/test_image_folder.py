@@ -321,6 +321,7 @@ TINY = [  # the shipped config, shrunk to seconds on a CPU
     "--trainer.devices=1",
     "--trainer.logger=false",
     "--trainer.enable_progress_bar=false",
+    "--model.pretrained=null",  # the shipped ViT-Ti weights need the Hub (test_finetune.py)
     "--model.net.init_args.patch_size=4",
     "--model.net.init_args.embed_dim=32",
     "--model.net.init_args.depth=1",

@@ -51,6 +51,8 @@ class CIFAR10DataModule(TorchvisionDataModule):
         augment: Training augmentation: {describe(AUGMENT)}.
         random_erasing: Probability of RandomErasing on the normalised tensor (0 disables; not
             on the device pipeline).
+        resize: Upsample every image to resize x resize (bicubic) after the augmentation, e.g.
+            224 to fine-tune an ImageNet ViT; None keeps 32x32. The model's img_size follows.
         **kwargs: `TorchvisionDataModule`'s arguments (download, val_size, split_seed,
             device_pipeline) and `ImageDataModule`'s (batch_size, num_workers, ...).
     """
@@ -67,8 +69,14 @@ class CIFAR10DataModule(TorchvisionDataModule):
         data_dir: str = "./data",
         augment: Augment = "none",
         random_erasing: float = 0.0,
+        resize: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if resize is not None and (resize < 1 or kwargs.get("device_pipeline")):
+            raise ValueError(
+                f"resize={resize} must be >= 1, and the device pipeline keeps 32x32: set "
+                "--data.device_pipeline=false to resize"
+            )
         if not 0.0 <= random_erasing <= 1.0:
             raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing}")
         if random_erasing > 0 and kwargs.get("device_pipeline"):
@@ -79,6 +87,16 @@ class CIFAR10DataModule(TorchvisionDataModule):
         super().__init__(data_dir=data_dir, augment=augment, **kwargs)
         self.random_erasing = random_erasing
         self.class_names = list(CIFAR10_CLASSES)
+        self.resize = resize
+        if resize is not None:
+            self.img_size = resize  # linked into the model by the CLI
+
+    def eval_transform(self) -> v2.Transform:
+        transform = super().eval_transform()
+        if self.resize is not None:  # on the uint8 image, before the float conversion
+            resize = v2.Resize(self.resize, interpolation=v2.InterpolationMode.BICUBIC)
+            transform.transforms.insert(1, resize)
+        return transform
 
     def train_transform(self) -> v2.Transform:
         transform = super().train_transform()
