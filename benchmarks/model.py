@@ -1,5 +1,6 @@
 """Our VisionTransformer against timm's, same config and same weights: train-step and inference
-throughput (img/s), eager and torch.compile'd, all four interleaved in one process."""
+throughput (img/s), eager and torch.compile'd, all four interleaved in one process; and our
+[CLS]-only last block against the every-token forward it replaces when nothing observes it."""
 
 from __future__ import annotations
 
@@ -63,6 +64,43 @@ def infer_steps(
     return run
 
 
+def forward_backward(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, amp: torch.dtype | None
+) -> Callable[[], None]:
+    model.train()
+
+    def run() -> None:
+        for _ in range(steps):
+            with torch.autocast(x.device.type, amp or torch.float32, enabled=amp is not None):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+    return run
+
+
+def cls_only_vs_all_tokens(
+    kwargs: dict,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    amp: torch.dtype | None,
+    repeats: int,
+) -> tuple[float, float]:
+    """Seconds per forward + backward of ours as forward() runs it, and with every token computed:
+    a forward hook on `norm` could see the tokens, so forward() then keeps them all, as timm."""
+    torch.manual_seed(0)
+    cls_only = VisionTransformer(**kwargs).to(x.device)
+    all_tokens = copy.deepcopy(cls_only)
+    all_tokens.norm.register_forward_hook(lambda *_: None)
+    fns = {
+        k: forward_backward(m, x, y, steps, amp)
+        for k, m in [("cls", cls_only), ("all", all_tokens)]
+    }
+    t = interleaved(fns, repeats, x.device)
+    return t["cls"] / steps, t["all"] / steps
+
+
 def variants(kwargs: dict, compiled: bool, device: str) -> dict[str, nn.Module]:
     """Ours and timm's with identical weights (seed 0), plus compiled-in-place copies."""
     torch.manual_seed(0)
@@ -77,7 +115,7 @@ def variants(kwargs: dict, compiled: bool, device: str) -> dict[str, nn.Module]:
 
 
 def run(device: str, repeats: int, compiled: bool, amp: torch.dtype | None) -> str:
-    train_rows, infer_rows = [], []
+    train_rows, infer_rows, cls_rows = [], [], []
     for name, kwargs, batch in configs(device):
         x = torch.randn(
             batch, kwargs.get("in_chans", 3), kwargs["img_size"], kwargs["img_size"], device=device
@@ -104,6 +142,8 @@ def run(device: str, repeats: int, compiled: bool, amp: torch.dtype | None) -> s
                     ips["ours compiled"] / ips["ours"],
                 ]
             rows.append(row)
+        cls_s, all_s = cls_only_vs_all_tokens(kwargs, x, y, steps, amp, repeats)
+        cls_rows.append([name, batch, 1e3 * cls_s, 1e3 * all_s, all_s / cls_s])
         print(f"  {name}: done", flush=True)
     head = ["config", "batch", "ours img/s", "timm img/s", "**ours / timm**"]
     if compiled:
@@ -113,4 +153,11 @@ def run(device: str, repeats: int, compiled: bool, amp: torch.dtype | None) -> s
         + table(head, train_rows)
         + "\n\n**Inference** (eval mode, no_grad):\n\n"
         + table(head, infer_rows)
+        + "\n\n**[CLS]-only last block** (ours, forward + backward): `forward()` computes the last "
+        "block for the [CLS] token alone; a hook on the last block or `norm` makes it compute every "
+        "token, as timm does:\n\n"
+        + table(
+            ["config", "batch", "[CLS]-only ms", "all tokens ms", "**all tokens / [CLS]-only**"],
+            cls_rows,
+        )
     )

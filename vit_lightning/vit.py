@@ -1,8 +1,9 @@
 """A Vision Transformer written from scratch, state_dict-compatible with timm's VisionTransformer.
 
 Layering, names and initialisation follow timm (`timm/models/vision_transformer.py`), so that a
-state_dict moves between the two with `strict=True` and the same seed builds the same weights.
-This file never imports timm; `tests/test_vit_parity.py` checks the equivalence against it.
+state_dict moves between the two with `strict=True` and the same seed builds the same weights. The
+layers live in `layers.py`, as timm's live in `timm/layers`, and are re-exported here. This file
+never imports timm; `tests/test_vit_parity.py` and `tests/test_vit_api.py` check the equivalence.
 
 Shapes: B batch, C channels, H/W image size, p patch size, N tokens (prefix + patches), D embed dim.
 """
@@ -10,12 +11,31 @@ Shapes: B batch, C channels, H/W image size, p patch size, N tokens (prefix + pa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch.nn.modules import module as nn_module
+from torch.utils.checkpoint import checkpoint
+
+from vit_lightning.layers import (
+    Attention,
+    Block,
+    DropPath,
+    LayerNorm,
+    LayerScale,
+    Mlp,
+    PatchEmbed,
+    _pair,
+    drop_path,
+    drop_path_rates,
+    feature_take_indices,
+    resample_abs_pos_embed,
+    resample_patch_embed,
+    trunc_normal_,
+)
 
 __all__ = [
     "VisionTransformer",
@@ -23,11 +43,15 @@ __all__ = [
     "Attention",
     "Mlp",
     "LayerScale",
+    "LayerNorm",
     "DropPath",
     "Block",
     "drop_path",
     "drop_path_rates",
+    "feature_take_indices",
+    "trunc_normal_",
     "resample_abs_pos_embed",
+    "resample_patch_embed",
     "checkpoint_filter_fn",
     "vit_tiny_patch16_224",
     "vit_small_patch16_224",
@@ -36,259 +60,10 @@ __all__ = [
     "vit_small_patch4_32",
 ]
 
+# fx traces the resampling as one call: its size arithmetic runs on the real shapes.
+torch.fx.wrap("resample_abs_pos_embed")
 
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    # sizes traced by torch.export are SymInts: int() would fix the export to the traced size
-    if isinstance(x, (int, torch.SymInt)):
-        return (x, x)
-    return tuple(v if isinstance(v, torch.SymInt) else int(v) for v in (x[0], x[1]))
-
-
-def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
-    """Stochastic depth: zero whole samples of a residual branch, rescale the rest by 1/keep."""
-    if drop_prob == 0.0 or not training:
-        return x
-    keep_prob = 1.0 - drop_prob
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one draw per sample, broadcast over tokens
-    # new_empty().bernoulli_() consumes the generator exactly as timm does, so masks match per seed
-    mask = x.new_empty(shape).bernoulli_(keep_prob)
-    if keep_prob > 0.0:
-        mask.div_(keep_prob)
-    return x * mask
-
-
-class DropPath(nn.Module):
-    """Drop paths (stochastic depth) per sample, as a module. Identity in eval or at rate 0."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return drop_path(x, self.drop_prob, self.training)
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
-
-
-def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
-    """timm's linear stochastic-depth rule: rates spaced from 0 to drop_path_rate over the depth."""
-    return [x.item() for x in torch.linspace(0, drop_path_rate, depth, device="cpu")]
-
-
-class PatchEmbed(nn.Module):
-    """Image to patch tokens: a p×p conv with stride p, i.e. unfold into patches, then a matmul.
-
-    Args:
-        img_size: Input image size the model is built for.
-        patch_size: Side of each square patch.
-        in_chans: Number of input image channels.
-        embed_dim: Token dimension D.
-    """
-
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-    ) -> None:
-        super().__init__()
-        self.img_size = _pair(img_size)
-        self.patch_size = _pair(patch_size)
-        self.grid_size = (
-            self.img_size[0] // self.patch_size[0],
-            self.img_size[1] // self.patch_size[1],
-        )
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, D, H/p, W/p)
-        return x.flatten(2).transpose(1, 2)  # (B, N_patches, D), row-major over the grid
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention on fused F.scaled_dot_product_attention.
-
-    Args:
-        dim: Token dimension D.
-        num_heads: Number of heads; D must divide evenly among them.
-        qkv_bias: Add a bias to the q, k, v projection.
-        attn_drop: Dropout on the attention weights.
-        proj_drop: Dropout after the output projection.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def _heads(self, t: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-        """(B, N, n*D) Linear output -> n tensors (B, heads, N, head_dim), as strided views.
-
-        Unbinding the (B, N, n, heads, head_dim) view along its n axis, then transposing, gives
-        the same views as timm's permute(2, 0, 3, 1, 4).unbind(0), but autograd then stacks the
-        gradients straight into the Linear's output layout, skipping a full copy per block.
-        """
-        B, N, _ = t.shape
-        return tuple(
-            u.transpose(1, 2) for u in t.view(B, N, n, self.num_heads, self.head_dim).unbind(2)
-        )
-
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._heads(self.qkv(x), 3)  # q, k, v: 3 × (B, heads, N, head_dim)
-
-    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D); with first_only, (B, 1, D): the output for token 0 alone,
-        whose query still attends to every token's key and value."""
-        B, N, D = x.shape
-        if first_only:
-            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
-            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([D, 2 * D])
-            (q,) = self._heads(F.linear(x[:, :1], w_q, b_q), 1)
-            k, v = self._heads(F.linear(x, w_kv, b_kv), 2)
-            N = 1
-        else:
-            q, k, v = self._qkv(x)
-        dropout_p = self.attn_drop.p if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, heads, N, head_dim)
-        x = x.transpose(1, 2).reshape(B, N, D)
-        return self.proj_drop(self.proj(x))
-
-    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        """softmax(q kᵀ / √d) of shape (B, heads, N, N), computed explicitly for visualisation only."""
-        q, k, _ = self._qkv(x)
-        return (q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)
-
-
-class Mlp(nn.Module):
-    """Two-layer GELU MLP: D -> hidden -> D, with dropout after each layer."""
-
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, in_features)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
-class LayerScale(nn.Module):
-    """Per-channel learnable scale of a residual branch (CaiT), started at `init_values`."""
-
-    def __init__(self, dim: int, init_values: float = 1e-5) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-def trunc_normal_(
-    t: torch.Tensor, std: float = 1.0, a: float = -2.0, b: float = 2.0
-) -> torch.Tensor:
-    """Truncated normal by inverse CDF: timm's sampler.
-
-    torch >= 2.15 samples by rejection instead, which draws other numbers from the same seed;
-    keeping timm's lets a seed reproduce timm's exact weights.
-    """
-
-    def cdf(v: float) -> float:
-        return (1.0 + math.erf(v / std / math.sqrt(2.0))) / 2.0
-
-    with torch.no_grad():
-        t.uniform_(2 * cdf(a) - 1, 2 * cdf(b) - 1).erfinv_().mul_(std * math.sqrt(2.0))
-        return t.clamp_(min=a, max=b)
-
-
-def LayerNorm(dim: int) -> nn.LayerNorm:  # noqa: N802 - reads as a layer type, like timm's
-    return nn.LayerNorm(dim, eps=1e-6)  # timm's ViT eps, not torch's 1e-5
-
-
-class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
-
-    Disabled options are nn.Identity, so forward has no branches.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        proj_drop: float = 0.0,
-        attn_drop: float = 0.0,
-        init_values: float | None = None,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.norm1 = LayerNorm(dim)
-        self.attn = Attention(
-            dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
-        )
-        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
-        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D); with first_only, token 0's output alone, (B, 1, D)."""
-        res = x[:, :1] if first_only else x
-        x = res + self.drop_path1(self.ls1(self.attn(self.norm1(x), first_only)))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x
-
-
-def resample_abs_pos_embed(
-    posemb: torch.Tensor,
-    new_size: Sequence[int],
-    old_size: Sequence[int] | None = None,
-    num_prefix_tokens: int = 1,
-    interpolation: str = "bicubic",
-    antialias: bool = True,
-) -> torch.Tensor:
-    """Resize a (1, prefix + H*W, D) position embedding to a new grid, leaving prefix tokens alone.
-
-    Same maths as timm's function of the same name (bicubic, antialiased), so outputs match.
-    """
-    new_size = _pair(new_size)
-    num_new_tokens = new_size[0] * new_size[1] + num_prefix_tokens
-    if old_size is None:
-        hw = int(math.sqrt(posemb.shape[1] - num_prefix_tokens))
-        old_size = (hw, hw)
-    old_size = _pair(old_size)
-    # Under torch.export the new size is symbolic and comparing it would fix the export to the
-    # traced size; resampling to the same size is exact (bicubic at the grid points), so skip it.
-    exporting = torch.compiler.is_exporting()
-    if not exporting and num_new_tokens == posemb.shape[1] and old_size == new_size:
-        return posemb
-    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
-    D, dtype = posemb.shape[-1], posemb.dtype
-    grid = grid.float().reshape(1, *old_size, D).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, D).to(dtype)  # (1, H*W, D)
-    return torch.cat([prefix, grid], dim=1)
+POOLS = ("token", "avg", "")  # '' is no pooling: the head runs on every token, as in timm
 
 
 class VisionTransformer(nn.Module):
@@ -345,6 +120,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         self.has_class_token = class_token
         self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
         use_fc_norm = global_pool == "avg"  # timm: avg pooling moves the final norm after the pool
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -370,6 +146,10 @@ class VisionTransformer(nn.Module):
                 for i in range(depth)
             ]
         )
+        reduction = max(self.patch_embed.patch_size)
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)
+        ]
         self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim)
         self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
@@ -393,17 +173,43 @@ class VisionTransformer(nn.Module):
         """Parameters that AdamW should not decay (besides norms and biases)."""
         return {"pos_embed", "cls_token"}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups: the stem, then one per block with the final norm last. Layer-wise
+        lr decay reads them: `timm.optim.create_optimizer_v2(model, 'adamw', layer_decay=0.75)`."""
+        return dict(
+            stem=r"^cls_token|reg_token|pos_embed|patch_embed|norm_pre",  # stem and embed
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of keeping them: less memory for
+        one more forward of the blocks. RNG state is replayed, so DropPath draws the same masks."""
+        self.grad_checkpointing = enable
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head, e.g. to fine-tune on a dataset with a different number of classes."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head (and optionally the pooling), e.g. to fine-tune on other classes.
+
+        As in timm, the norms stay where the model was built with them, and the new head takes the
+        model's device, dtype and train/eval mode.
+        """
+        if global_pool is not None:
+            _check_pool(global_pool, self.has_class_token)
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        dd = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = head.train(self.training)
 
     def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
         """Validate (B, C, H, W) and return the patch grid size, with errors that name the fix."""
         ph, pw = self.patch_embed.patch_size
+        if is_fx_symbolic_tracing():  # symbolic shapes: no `if` on them, nothing to check
+            return x.shape[-2] // ph, x.shape[-1] // pw
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"expected input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}; "
@@ -434,31 +240,139 @@ class VisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D)
         return self.pos_drop(x + pos_embed)
 
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, N, D) tokens with [CLS] and position embeddings."""
+        grid_size = self._check_input(x)
+        return self._pos_embed(self.patch_embed(x), grid_size)
+
+    def _block(self, blk: Block, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, x, first_only, use_reentrant=False)
+        return blk(x, first_only)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+    ) -> list | tuple[torch.Tensor, list] | dict[str, Any]:
+        """The blocks' outputs along the forward pass, as timm's method of the same name.
+
+        Args:
+            x: (B, C, H, W) images.
+            indices: Blocks to take: all if None, the last n if an int, else a list (-1 is the last).
+            return_prefix_tokens: Pair each intermediate with its prefix tokens, (B, prefix, D).
+            norm: Apply the final norm to the intermediates.
+            stop_early: Run no block after the last one taken.
+            output_fmt: 'NCHW' for (B, D, H/p, W/p) patch-token maps, 'NLC' for (B, H*W/p², D).
+            intermediates_only: Return the intermediates alone, not the final normed tokens.
+            output_dict: Return a dict with timm's keys 'image_intermediates',
+                'image_intermediates_prefix' and 'image_features'.
+
+        Returns:
+            (final (B, N, D) tokens, intermediates), the intermediates alone, or the dict.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NLC'")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        B, n = x.shape[0], self.num_prefix_tokens
+        H, W = grid_size = self._check_input(x)
+        x = self._pos_embed(self.patch_embed(x), grid_size)
+        intermediates = []
+        for i, blk in enumerate(self.blocks[: max_index + 1] if stop_early else self.blocks):
+            x = self._block(blk, x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, :n] for y in intermediates] if n else None
+        intermediates = [y[:, n:] for y in intermediates]  # (B, H*W, D) patch tokens
+        if output_fmt == "NCHW":
+            intermediates = [
+                y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates
+            ]
+        if output_dict:
+            out: dict[str, Any] = {"image_intermediates": intermediates}
+            if prefix is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if prefix is not None and return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix, strict=True))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of `indices` (and the norm, the head) for a backbone."""
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take
+
+    def get_intermediate_layers(
+        self,
+        x: torch.Tensor,
+        n: int | list[int] | tuple[int, ...] = 1,
+        reshape: bool = False,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+    ) -> list:
+        """DINO's interface to `forward_intermediates`: the last n blocks' (or blocks n's) tokens."""
+        fmt = "NCHW" if reshape else "NLC"
+        kw = dict(return_prefix_tokens=return_prefix_tokens, norm=norm, output_fmt=fmt)
+        return self.forward_intermediates(x, n, intermediates_only=True, **kw)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, N, D) normalised tokens."""
-        grid_size = self._check_input(x)
-        x = self._pos_embed(self.patch_embed(x), grid_size)
-        x = self.blocks(x)
+        x = self._embed(x)
+        if self.grad_checkpointing:
+            for blk in self.blocks:
+                x = self._block(blk, x)
+        else:
+            x = self.blocks(x)
         return self.norm(x)
+
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, D): the [CLS] token ('token') or the patch-token mean ('avg'); '' keeps
+        every token."""
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == "token":
+            return x[:, 0]
+        return x[:, self.num_prefix_tokens :].mean(dim=1) if pool_type == "avg" else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, N, D) tokens -> (B, num_classes) logits, or the pooled (B, D) features if pre_logits."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
-        x = self.head_drop(self.fc_norm(x))
+        x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
+    def _tokens_observed(self) -> bool:
+        """Whether anything could see the last block's or the norm's tokens: an fx trace, whose
+        nodes must be the full forward's, or a hook on them, on `blocks` or global. Torch keeps
+        the hook dicts private; tests/test_vit_api.py fails if they move."""
+        if is_fx_symbolic_tracing() or _global_hooks() or _hooked(self.blocks):
+            return True
+        return any(_hooked(m) for m in (self.norm, *self.blocks[-1].modules()))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool != "token" or len(self.blocks) == 0:
+        if self.global_pool != "token" or self._tokens_observed():
             return self.forward_head(self.forward_features(x))
         # The head reads only the [CLS] token, so the last block computes only its output: one
         # query instead of N, and proj and MLP on one token. Same logits and DropPath draws as
         # forward_head(forward_features(x)), which still returns every token.
-        grid_size = self._check_input(x)
-        x = self._pos_embed(self.patch_embed(x), grid_size)
+        x = self._embed(x)
         *blocks, last = self.blocks
         for blk in blocks:
-            x = blk(x)
-        return self.forward_head(self.norm(last(x, first_only=True)))
+            x = self._block(blk, x)
+        return self.forward_head(self.norm(self._block(last, x, first_only=True)))
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -467,11 +381,33 @@ class VisionTransformer(nn.Module):
         A separate, explicit-softmax pass: the default forward keeps the fused kernel.
         """
         maps = []
-        x = self._pos_embed(self.patch_embed(x), self._check_input(x))
+        x = self._embed(x)
         for blk in self.blocks:
             maps.append(blk.attn.attention_map(blk.norm1(x)))
             x = blk(x)
         return maps
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Any forward or backward (pre-)hook on the module."""
+    return bool(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+    )
+
+
+def _global_hooks() -> bool:
+    """Any hook on every module, from torch.nn.modules.module.register_module_*_hook."""
+    g = nn_module
+    hooks = (g._global_forward_hooks, g._global_forward_pre_hooks, g._global_backward_hooks)
+    return any(hooks) or bool(g._global_backward_pre_hooks)
+
+
+def _check_pool(global_pool: str, class_token: bool, allowed: tuple[str, ...] = POOLS) -> None:
+    if global_pool not in allowed:
+        names = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+        raise ValueError(f"global_pool={global_pool!r} is not supported; use {names}")
+    if global_pool == "token" and not class_token:
+        raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
 
 
 def _check_args(args: dict) -> None:
@@ -485,10 +421,7 @@ def _check_args(args: dict) -> None:
         raise ValueError(
             f"embed_dim={args['embed_dim']} must be divisible by num_heads={args['num_heads']}"
         )
-    if args["global_pool"] not in ("token", "avg"):
-        raise ValueError(f"global_pool={args['global_pool']!r} must be 'token' or 'avg'")
-    if args["global_pool"] == "token" and not args["class_token"]:
-        raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+    _check_pool(args["global_pool"], args["class_token"], allowed=("token", "avg"))
     rates = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
     for name in rates:
         if not 0.0 <= args[name] < 1.0:
@@ -502,18 +435,47 @@ def _check_args(args: dict) -> None:
         )
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict:
-    """Adapt a checkpoint to `model`'s resolution: resample pos_embed to the model's patch grid.
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, Any],
+    model: VisionTransformer,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Adapt a timm-layout checkpoint to `model`, as timm's function of the same name does for
+    this architecture: `model.load_state_dict(checkpoint_filter_fn(sd, model))`.
 
-    For fine-tuning at a new image size, e.g. a 224 checkpoint into a 384 model:
-    `model.load_state_dict(checkpoint_filter_fn(sd, model))`.
+    Unwraps {'model': sd} (DeiT and MAE releases) and {'state_dict': sd}; resamples pos_embed to
+    the model's patch grid (a 224 checkpoint into a 384 model) and the patch-embedding kernel to
+    its patch size (FlexiViT: a /16 checkpoint into a /8 model); drops `pre_logits`. Every other
+    key is left alone: drop the head's keys to fine-tune on another number of classes.
     """
-    out = dict(state_dict)
-    pe = out.get("pos_embed")
-    if pe is not None and pe.shape != model.pos_embed.shape:
-        out["pos_embed"] = resample_abs_pos_embed(
-            pe, model.patch_embed.grid_size, num_prefix_tokens=model.num_prefix_tokens
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"expected a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}"
         )
+    state_dict = state_dict.get("model", state_dict)
+    state_dict = state_dict.get("state_dict", state_dict)
+    out = {}
+    for k, v in state_dict.items():
+        if "patch_embed.proj.weight" in k:
+            D, _, h, w = model.patch_embed.proj.weight.shape
+            if v.ndim < 4:  # a Linear patch projection, from before patchifying by a conv
+                v = v.reshape(D, -1, h, w)
+            v = resample_patch_embed(v, (h, w), interpolation, antialias)
+        elif k == "pos_embed" and v.shape[1] != model.pos_embed.shape[1]:
+            n = model.num_prefix_tokens
+            side = math.isqrt(v.shape[1] - n)
+            if side * side != v.shape[1] - n:
+                raise ValueError(
+                    f"pos_embed of shape {tuple(v.shape)} after {n} prefix token(s) is not a "
+                    f"square grid, so its grid is unknown; resample it with "
+                    f"resample_abs_pos_embed(pos_embed, {model.patch_embed.grid_size}, old_size)"
+                )
+            grid = model.patch_embed.grid_size
+            v = resample_abs_pos_embed(v, grid, (side, side), n, interpolation, antialias)
+        elif "pre_logits" in k:  # timm drops the representation layer of old 21k checkpoints
+            continue
+        out[k] = v
     return out
 
 
