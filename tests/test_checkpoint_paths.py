@@ -113,3 +113,26 @@ def test_stale_temp_file_cleanup_leaves_a_remote_folder_alone(twins):
     AtomicCheckpointIO().save_checkpoint({"step": 2}, f"{folder}/last.ckpt")  # cleans first
     assert fs.exists(f"{folder}/.last.ckpt.tmp999999999")
     assert AtomicCheckpointIO().load_checkpoint(f"{folder}/last.ckpt") == {"step": 2}
+
+
+def test_a_fit_on_a_remote_root_resumes_there_and_writes_nothing_local_by_its_name(
+    tmp_path, monkeypatch
+):
+    """The whole CLI on `memory://`: checkpoints, the W&B run id and the resume live in the store;
+    no `memory:` folder appears locally (no lock, no write probe, no W&B files under the URL)."""
+    from helpers import smoke_args
+
+    from vit_lightning.cli import main
+    from vit_lightning.wandb_runs import RUN_ID_FILE
+
+    monkeypatch.chdir(tmp_path)
+    root = f"memory://{uuid.uuid4().hex}/run"
+    small = ["--data.train_size=128", "--data.val_size=64", "--trainer.enable_progress_bar=false"]
+    main([*smoke_args("fit", root, *small), "--trainer.max_epochs=1"])
+    fs = fsspec.filesystem("memory")
+    run_id = fs.cat_file(f"{root}/{RUN_ID_FILE}").decode().strip()
+    assert fs.isfile(f"{root}/checkpoints/last.ckpt") and run_id
+    cli = main([*smoke_args("fit", root, *small), "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 4  # resumed after epoch 1
+    assert cli.trainer.logger.experiment.id == run_id  # the same W&B run
+    assert not any("memory" in p.name for p in tmp_path.rglob("*")), list(tmp_path.iterdir())

@@ -43,6 +43,7 @@ import sys
 
 import lightning as L
 import yaml
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -61,6 +62,7 @@ from vit_lightning.checkpoints import (
     AtomicCheckpointIO,
     best_checkpoint,
     checkpoint_dir,
+    is_local,
     newest_checkpoint,
 )
 from vit_lightning.compat import CkptPathErrorsMixin
@@ -218,11 +220,13 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         root = config.trainer.default_root_dir or "."
         if self.subcommand in ("fit", "validate", "test", "predict"):
             check_run_dir(root)
-        resuming = bool(config.get("ckpt_path")) and os.path.isfile(str(config.ckpt_path))
+        ckpt = str(config.get("ckpt_path") or "")
+        resuming = bool(ckpt) and get_filesystem(ckpt).isfile(ckpt)  # local, or a URL
         pretrained = config.get("model.pretrained")
         if pretrained and not resuming and (problem := local_problem(pretrained)):
             raise ConfigError(f"model.pretrained: {problem}")  # before anything is written
-        if self.subcommand == "fit" and is_launching_process():  # before anything writes there
+        # before anything writes there; a remote root has no flock (one writer is up to the user)
+        if self.subcommand == "fit" and is_launching_process() and is_local(root):
             self.run_lock = RunLock(root).acquire()
         seed, data_args = config.get("seed_everything"), config.get("data.init_args")
         # no loader_seed key: a DataModule without that argument; False: the user turned seeding off

@@ -29,7 +29,7 @@ from torch import nn
 from torch.export import Dim
 
 from vit_lightning import trainer
-from vit_lightning.checkpoints import AtomicCheckpointIO
+from vit_lightning.checkpoints import AtomicCheckpointIO, is_local
 from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.vit import _pair  # the model's own size rule
 
@@ -96,7 +96,7 @@ class ExportSubcommand(LightningCLI):
 
 def load_weights(model: L.LightningModule, ckpt_path: str, root: str | os.PathLike = ".") -> None:
     """Load a checkpoint's state_dict into `model`, with errors that name the file and the fix."""
-    if not os.path.isfile(ckpt_path):
+    if is_local(ckpt_path) and not os.path.isfile(ckpt_path):  # a URL: the IO names a miss
         if ckpt_path == "last":
             raise ConfigError(
                 f"--ckpt_path=last: no checkpoint under {root} (last.ckpt, on_exception.ckpt or "

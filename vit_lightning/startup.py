@@ -297,7 +297,10 @@ def check_state_dict_fits(model: torch.nn.Module, sd: Mapping[str, Any]) -> None
 
 def check_run_dir(root: str) -> None:
     """`trainer.default_root_dir` must be a folder this process can write, checked before the run
-    writes anything there (lock, config.yaml, W&B files, checkpoints)."""
+    writes anything there (lock, config.yaml, W&B files, checkpoints). A remote root (an fsspec
+    URL) is the store's to check: Lightning writes there through fsspec."""
+    if not is_local(root):
+        return
     path = Path(root).expanduser()
     fix = "choose another --trainer.default_root_dir"
     existing = next(p for p in (path, *path.parents) if p.exists())

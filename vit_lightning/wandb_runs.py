@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import loggers
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from vit_lightning.checkpoints import is_local
 
 RUN_ID_FILE = "wandb-run-id"  # in default_root_dir
 PROBE_TIMEOUT = 5.0  # s, DNS to answer; wandb.init would wait 90 s, then fail the run
@@ -132,8 +135,8 @@ def configure_logger(
 
     Returns the fit's run id for `save_run_id`, or None when the id is not the project's to keep.
     """
-    if init_args.get("save_dir") in (None, "."):
-        init_args.save_dir = root
+    if init_args.get("save_dir") in (None, "."):  # W&B writes local files only
+        init_args.save_dir = root if is_local(root) else "."
     if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
         init_args.offline = True
     elif rank_zero_only.rank == 0 and not init_args.get("offline") and not _offline_mode(init_args):
@@ -188,6 +191,9 @@ def wandb_run_id(root: str | Path, resuming: bool) -> str | None:
     Rank 0 persists it in `<root>/wandb-run-id` (`save_run_id`), so a requeued or resumed job keeps
     writing to the same W&B run. Other ranks only read it (they log nothing).
     """
+    if resuming and not is_local(root):  # a remote run folder (fsspec URL)
+        fs, path = get_filesystem(str(root)), f"{str(root).rstrip('/')}/{RUN_ID_FILE}"
+        return (fs.cat_file(path).decode().strip() or None) if fs.isfile(path) else None
     path = Path(root) / RUN_ID_FILE
     if resuming and path.is_file():
         return path.read_text().strip() or None
@@ -199,6 +205,11 @@ def wandb_run_id(root: str | Path, resuming: bool) -> str | None:
 def save_run_id(root: str | Path, run_id: str) -> None:
     """Persist a fit's run id for `wandb_run_id`; the CLI calls it once the run's classes are
     built, so a configuration error leaves no file behind."""
+    if not is_local(root):  # one small object, written whole by the store
+        if rank_zero_only.rank == 0:
+            get_filesystem(str(root)).pipe_file(f"{str(root).rstrip('/')}/{RUN_ID_FILE}",
+                                                f"{run_id}\n".encode())  # fmt: skip
+        return
     path = Path(root) / RUN_ID_FILE
     if rank_zero_only.rank != 0 or (path.is_file() and path.read_text().strip() == run_id):
         return
