@@ -14,9 +14,11 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vit_lightning import compat
+from vit_lightning.distill import Distillation, check_teacher, distillation_loss, load_teacher
 from vit_lightning.finetune import Freeze, check_layer_decay, param_groups
 from vit_lightning.finetune import freeze as freeze_layers
 from vit_lightning.pretrained import load_pretrained
+from vit_lightning.schedule import stepping_batches, warmup_cosine
 from vit_lightning.startup import check_state_dict_fits
 
 
@@ -58,6 +60,15 @@ class ViTClassifier(L.LightningModule):
             embedding, position embedding and first k blocks. Frozen layers stay in eval mode.
         grad_checkpointing: Recompute each block's activations in the backward pass
             (`net.set_grad_checkpointing()`): less memory, same gradients, more compute.
+        teacher: Knowledge distillation's teacher (DeiT), any classifier of the data's input
+            and classes, e.g. `vit_lightning.teachers.ResNet`. Frozen, in eval mode, not saved
+            in checkpoints (see `vit_lightning.distill`).
+        teacher_checkpoint: The teacher's weights: a state_dict file or a template `.ckpt`.
+        distillation: "none", "soft" (KL at temperature distillation_tau) or "hard" (the
+            teacher's argmax, DeiT's best). It trains the distillation head of a distilled
+            student (`VisionTransformerDistilled`), else the class token's logits.
+        distillation_alpha: Weight of the distillation loss; the label loss gets 1 - alpha.
+        distillation_tau: Temperature of soft distillation.
     """
 
     def __init__(
@@ -80,6 +91,11 @@ class ViTClassifier(L.LightningModule):
         layer_decay: float | None = None,
         freeze: Freeze = "none",
         grad_checkpointing: bool = False,
+        teacher: nn.Module | None = None,
+        teacher_checkpoint: str | None = None,
+        distillation: Distillation = "none",
+        distillation_alpha: float = 0.5,
+        distillation_tau: float = 1.0,
     ) -> None:
         super().__init__()
         non_negative = {
@@ -100,6 +116,16 @@ class ViTClassifier(L.LightningModule):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
         check_layer_decay(layer_decay)
+        if (teacher is None) != (distillation == "none"):
+            raise ValueError(
+                f"model.distillation={distillation!r} needs model.teacher, and a teacher needs "
+                "model.distillation soft or hard: set both, or neither"
+            )
+        if not 0.0 <= distillation_alpha <= 1.0 or distillation_tau <= 0:
+            raise ValueError(
+                f"model.distillation_alpha={distillation_alpha} must be in [0, 1] and "
+                f"model.distillation_tau={distillation_tau} > 0"
+            )
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             # AdamW would only object inside fit, after config.yaml and the W&B run exist
             raise ValueError(
@@ -108,8 +134,15 @@ class ViTClassifier(L.LightningModule):
         # Built by the CLI, hparams hold net's class_path/init_args (linked values included), so
         # `ViTClassifier.load_from_checkpoint(path)` rebuilds it. A net built in Python is not a
         # hyperparameter: its weights are in the state_dict, and pickling it would bloat hparams.
-        self.save_hyperparameters(ignore=[] if compat.given_hyperparameters() else ["net"])
+        cli = compat.given_hyperparameters()
+        self.save_hyperparameters(ignore=[] if cli else ["net", "teacher"])
         self.net = net
+        if teacher is not None:
+            check_teacher(teacher, net)
+            if hasattr(net, "set_distilled_training"):
+                net.set_distilled_training(True)  # training returns (logits, logits_dist)
+        # not a submodule: out of the state_dict, checkpoints and DDP; loaded in setup
+        self.__dict__["teacher"] = teacher
         self.frozen = freeze_layers(net, freeze)
         if grad_checkpointing:
             if not callable(getattr(net, "set_grad_checkpointing", None)):
@@ -163,6 +196,13 @@ class ViTClassifier(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.get("pretrained") and self.trainer.ckpt_path is None:
             load_pretrained(self.net, self.hparams.pretrained)  # a resumed run keeps its weights
+        if self.teacher is not None and stage == "fit":  # every run, resumed or not
+            load_teacher(self.teacher, self.hparams.get("teacher_checkpoint"))
+
+    def on_train_start(self) -> None:
+        if self.teacher is not None:  # where Lightning put the student, in its dtype
+            dtype = next(self.net.parameters()).dtype
+            self.teacher.to(device=self.device, dtype=dtype)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint of a `torch.compile(net)` wrapper (other code, older runs) carries the
@@ -176,13 +216,19 @@ class ViTClassifier(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
+        hp = self.hparams
         if self.mixup_fn is not None:
             x, target = self.mixup_fn(x, y)  # soft targets, smoothing already applied
-            logits = self(x)
+            logits, kd_logits = _pair(self(x))
             loss = F.cross_entropy(logits, target)
         else:
-            logits = self(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+            logits, kd_logits = _pair(self(x))
+            loss = F.cross_entropy(logits, y, label_smoothing=hp.label_smoothing)
+        if self.teacher is not None:  # the same (mixed) batch, under the same autocast
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            kd = distillation_loss(hp.distillation, kd_logits, teacher_logits, hp.distillation_tau)
+            loss = (1 - hp.distillation_alpha) * loss + hp.distillation_alpha * kd
         # Metrics accumulate on the device with update(); self.log() runs only on the steps whose
         # row the logger writes and at epoch end. Every self.log() call of a Metric costs host
         # time (Lightning moves it to the device on every call), and a float logged every step
@@ -270,24 +316,6 @@ class ViTClassifier(L.LightningModule):
             )
         return hp.lr * factor, hp.min_lr * factor
 
-    def _stepping_batches(self) -> int:
-        """Optimizer steps in the whole fit, as Lightning's `estimated_stepping_batches`.
-
-        Lightning's property builds the train loader inside `configure_optimizers`, before a
-        resumed run's checkpoint is restored, so a stateful loader never gets its state back (it
-        would restart the epoch from its first batch). Counting `len()` of a fresh loader instead
-        needs no iterator and leaves Lightning's own loader to be built after the restore.
-        """
-        t = self.trainer
-        dm = t.datamodule
-        if dm is None or not hasattr(dm, "train_dataloader") or t.max_epochs in (None, -1):
-            return t.estimated_stepping_batches
-        batches = len(dm.train_dataloader())
-        limit = t.limit_train_batches
-        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-        steps = math.ceil(batches / t.accumulate_grad_batches) * max(t.max_epochs, 1)
-        return min(steps, t.max_steps) if t.max_steps != -1 else steps
-
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         lr, min_lr = self._scaled_lr()
@@ -297,24 +325,21 @@ class ViTClassifier(L.LightningModule):
         fused = self.device.type == "cuda"  # one kernel for all parameters on GPU
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
 
-        total = self._stepping_batches()
-        epochs = (
-            self.trainer.max_epochs
-            if self.trainer.max_epochs and self.trainer.max_epochs > 0
-            else 1
-        )
+        total = stepping_batches(self.trainer)
+        epochs = self.trainer.max_epochs if (self.trainer.max_epochs or 0) > 0 else 1
         warmup = round(hp.warmup_epochs * total / epochs)
         floor = min_lr / lr if lr > 0 else 0.0
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(warmup, total, floor)
+        )
         return {
             "optimizer": optimizer,
             # "lr": every group's lr is logged as lr/<group> (LearningRateMonitor, see cli.py)
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
+
+
+def _pair(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """(class logits, distillation logits): a distilled ViT in training returns both; any other
+    network's logits serve as both."""
+    return out if isinstance(out, tuple) else (out, out)

@@ -73,7 +73,7 @@ def load_pretrained(
     source = str(source)
     file = _resolve(source)
     report = PretrainedReport(source=source, file=str(file))
-    state_dict = _fit(_read(file), model, report, strict)
+    state_dict = _fit(read_state_dict(file), model, report, strict)
     model.load_state_dict(state_dict, strict=False)  # _fit checked every key; the rest is reported
     rank_zero_info(report.summary())
     return report
@@ -210,8 +210,9 @@ def _hub_reachable() -> bool:
     return bool(answered)
 
 
-def _read(file: Path) -> dict[str, torch.Tensor]:
-    """The network's state_dict from a timm-style file or a ViTClassifier checkpoint."""
+def read_state_dict(file: Path, what: str = "pretrained weights") -> dict[str, torch.Tensor]:
+    """The network's state_dict from a timm-style file or a ViTClassifier checkpoint; errors
+    start with `what` and the file."""
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -221,20 +222,18 @@ def _read(file: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(
-            f"pretrained weights {file}: cannot be read ({type(e).__name__}: {_first_line(e)}). "
+            f"{what} {file}: cannot be read ({type(e).__name__}: {_first_line(e)}). "
             "Expected a state_dict from torch.save (.pth, .pt, .bin, .ckpt; tensors only, read "
             "with weights_only=True) or safetensors' save_file (.safetensors)"
         ) from e
     if not isinstance(obj, dict):
-        raise UserError(
-            f"pretrained weights {file}: holds a {type(obj).__name__}, not a state_dict"
-        )
+        raise UserError(f"{what} {file}: holds a {type(obj).__name__}, not a state_dict")
     if LIGHTNING_KEY in obj:  # a Lightning checkpoint: ours holds the network under `net.`
         sd = obj.get("state_dict", {})
         obj = {k.removeprefix(NET): v for k, v in sd.items() if k.startswith(NET)}
         if not obj:
             raise UserError(
-                f"pretrained weights {file}: a checkpoint of another LightningModule (its "
+                f"{what} {file}: a checkpoint of another LightningModule (its "
                 f"state_dict has no {NET!r} keys: {_few(list(sd))}). Checkpoints of "
                 "vit_lightning.module.ViTClassifier load here; for another, save its network's "
                 "state_dict to a .pth and pass that"
@@ -244,7 +243,7 @@ def _read(file: Path) -> dict[str, torch.Tensor]:
             obj = obj[wrapper]
     sd = {_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
-        raise UserError(f"pretrained weights {file}: holds no tensors (keys: {_few(list(obj))})")
+        raise UserError(f"{what} {file}: holds no tensors (keys: {_few(list(obj))})")
     return sd
 
 

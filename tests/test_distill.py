@@ -1,0 +1,124 @@
+"""Knowledge distillation through the CLI: a frozen teacher that sees the student's batch, stays out
+of checkpoints, fails clearly when it does not fit the data, and resumes bit-exact."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import smoke_args
+from helpers.signal_at import signal_at
+from lightning.pytorch.callbacks import Callback
+from test_resume import _assert_same_run, _config, _fit
+
+from vit_lightning.cli import main
+from vit_lightning.distill import distillation_loss
+from vit_lightning.vit import VisionTransformer
+
+QUICK = ["--trainer.max_epochs=1", "--data.train_size=128", "--data.val_size=64"]
+QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+TEACHER = dict(patch_size=8, embed_dim=32, depth=1, num_heads=2)  # for the smoke data: 32px, RGB
+
+
+def _teacher_args(path: Path, **net) -> list[str]:
+    args = ["--model.teacher=vit_lightning.VisionTransformer", f"--model.teacher_checkpoint={path}"]
+    args += [f"--model.teacher.init_args.{k}={v}" for k, v in net.items()]
+    return [*args, "--model.distillation=hard"]
+
+
+def _save_teacher(path: Path, **net) -> dict:
+    torch.manual_seed(5)
+    sd = VisionTransformer(**net).state_dict()
+    torch.save(sd, path)
+    return sd
+
+
+class Watch(Callback):
+    """Records, per training batch, the student's and the teacher's inputs and the teacher's mode."""
+
+    def __init__(self) -> None:
+        self.student, self.teacher, self.teacher_training = [], [], []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        def teacher_in(module, args):
+            self.teacher.append(args[0].detach().clone())
+            self.teacher_training.append(module.training)
+
+        pl_module.teacher.register_forward_pre_hook(teacher_in)
+        def student_in(module, args):
+            if module.training:
+                self.student.append(args[0].clone())
+
+        pl_module.net.register_forward_pre_hook(student_in)
+
+
+def test_a_distillation_fit_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path):
+    sd = _save_teacher(tmp_path / "teacher.pth", img_size=32, num_classes=10, **TEACHER)
+    args = smoke_args("fit", tmp_path, *QUICK, *QUIET, "--model.mixup_alpha=0.8")
+    args += _teacher_args(tmp_path / "teacher.pth", img_size=32, num_classes=10, **TEACHER)
+    cli = main([*args, "--trainer.callbacks+=test_distill.Watch"])
+    (watch,) = [c for c in cli.trainer.callbacks if isinstance(c, Watch)]
+    teacher = cli.model.teacher
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v.cpu(), sd[k]), k  # loaded, and never trained
+    assert not any(p.requires_grad for p in teacher.parameters())
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any("teacher" in k for k in saved["state_dict"])
+    assert set(saved["state_dict"]) == set(cli.model.state_dict())
+    # the teacher saw each mixed batch the student saw (training steps; eval has no teacher)
+    steps = cli.trainer.global_step
+    assert len(watch.teacher) == steps and not any(watch.teacher_training)
+    for s, t in zip(watch.student, watch.teacher, strict=True):
+        assert torch.equal(s, t)
+
+
+@pytest.mark.parametrize(
+    "net,named",
+    [
+        (dict(img_size=32, num_classes=5), "gives (5,) logits, the data has 10 classes"),
+        (dict(img_size=32, num_classes=10, in_chans=1), "cannot take the data's input (1, 3, 32, 32)"),
+    ],
+)  # fmt: skip
+def test_a_teacher_that_does_not_fit_the_data_fails_at_startup_naming_both(
+    tmp_path, capsys, net, named
+):
+    path = tmp_path / "teacher.pth"
+    _save_teacher(path, **net, **TEACHER)
+    with pytest.raises(SystemExit) as exc:
+        main(smoke_args("fit", tmp_path, *QUICK, *QUIET) + _teacher_args(path, **net, **TEACHER))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and named in err and "Traceback" not in err
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_distillation_needs_a_teacher_and_a_teacher_needs_distillation(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(smoke_args("fit", tmp_path, *QUICK, *QUIET, "--model.distillation=soft"))
+    assert exc.value.code == 2 and "needs model.teacher" in capsys.readouterr().err
+
+
+def test_the_distillation_losses_are_deits():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    assert torch.equal(distillation_loss("hard", s, t, 1.0), F.cross_entropy(s, t.argmax(1)))
+    tau = 3.0
+    p, q = F.softmax(t / tau, 1), F.log_softmax(s / tau, 1)
+    kl = (p * (p.log() - q)).sum() * tau**2 / s.numel()
+    assert math.isclose(distillation_loss("soft", s, t, tau), kl, rel_tol=1e-5)
+
+
+def test_a_distillation_run_resumes_bit_identical(tmp_path, fmnist_idx_300, run_cli):
+    net = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=1,
+               num_heads=2)  # fmt: skip
+    _save_teacher(tmp_path / "teacher.pth", **net)
+    teach = _teacher_args(tmp_path / "teacher.pth", **net)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for root in (straight, resumed):
+        _config(root, fmnist_idx_300)
+    assert run_cli(*_fit(straight, *teach)).returncode == 0
+    first = run_cli(*_fit(resumed, *teach, *signal_at(4, "SIGTERM")))
+    assert first.returncode == 143, first.stderr[-3000:]
+    again = run_cli(*_fit(resumed, *teach, "--ckpt_path=last"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _assert_same_run(resumed, straight) > 0
