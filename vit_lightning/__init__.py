@@ -1,5 +1,11 @@
 """vit-lightning: a Lightning research template for a from-scratch Vision Transformer."""
 
+from vit_lightning.deit import (
+    VisionTransformerDistilled,
+    deit_base_distilled_patch16_224,
+    deit_small_distilled_patch16_224,
+    deit_tiny_distilled_patch16_224,
+)
 from vit_lightning.vit import (
     VisionTransformer,
     checkpoint_filter_fn,
@@ -13,7 +19,11 @@ from vit_lightning.vit import (
 
 __all__ = [
     "VisionTransformer",
+    "VisionTransformerDistilled",
     "checkpoint_filter_fn",
+    "deit_base_distilled_patch16_224",
+    "deit_small_distilled_patch16_224",
+    "deit_tiny_distilled_patch16_224",
     "resample_abs_pos_embed",
     "vit_base_patch16_224",
     "vit_small_patch16_224",

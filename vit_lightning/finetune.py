@@ -64,9 +64,10 @@ def freeze(net: nn.Module, what: Freeze) -> list[nn.Module]:
                 f"model.freeze={what!r} needs a ViT with patch_embed, blocks and head; "
                 f"{type(net).__name__} has no {attr!r}"
             )
+    heads = ("head", "head_dist")  # a distilled ViT (DeiT) has two
     if what == "backbone":
-        modules = [m for n, m in net.named_children() if n != "head"]
-        params = [p for n, p in net.named_parameters() if not n.startswith("head.")]
+        modules = [m for n, m in net.named_children() if n not in heads]
+        params = [p for n, p in net.named_parameters() if n.split(".")[0] not in heads]
     else:
         if not isinstance(what, int) or not 0 <= what <= len(net.blocks):
             raise ConfigError(
@@ -74,7 +75,8 @@ def freeze(net: nn.Module, what: Freeze) -> list[nn.Module]:
                 f"0..{len(net.blocks)}"
             )
         modules = [net.patch_embed, *net.blocks[:what]]
-        tokens = [getattr(net, n, None) for n in ("cls_token", "reg_token", "pos_embed")]
+        names = ("cls_token", "dist_token", "reg_token", "pos_embed")
+        tokens = [getattr(net, n, None) for n in names]
         params = [p for m in modules for p in m.parameters()]
         params += [t for t in tokens if isinstance(t, nn.Parameter)]
     for p in params:

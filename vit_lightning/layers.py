@@ -112,6 +112,7 @@ class Attention(nn.Module):
         dim: Token dimension D.
         num_heads: Number of heads; D must divide evenly among them.
         qkv_bias: Add a bias to the q, k, v projection.
+        qk_norm: LayerNorm on each head's queries and keys (timm's q_norm, k_norm).
         attn_drop: Dropout on the attention weights.
         proj_drop: Dropout after the output projection.
     """
@@ -121,6 +122,7 @@ class Attention(nn.Module):
         dim: int,
         num_heads: int = 8,
         qkv_bias: bool = False,
+        qk_norm: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ) -> None:
@@ -130,7 +132,10 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
+        self.qk_norm = qk_norm  # a flag, not Identity calls: the default path costs what it did
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -147,18 +152,23 @@ class Attention(nn.Module):
         return tuple(us[i].transpose(1, 2) for i in range(n))  # indexed: an fx Proxy can't iterate
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._heads(self.qkv(x), 3)  # q, k, v: 3 × (B, heads, N, head_dim)
+        q, k, v = self._heads(self.qkv(x), 3)  # 3 × (B, heads, N, head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
-    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D); with first_only, (B, 1, D): the output for token 0 alone,
-        whose query still attends to every token's key and value."""
+    def forward(self, x: torch.Tensor, first_only: int = 0) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with first_only=k (True is 1), (B, k, D): the outputs for the
+        first k tokens alone, whose queries still attend to every token's key and value."""
         B, N, D = x.shape
         if first_only:
             w_q, w_kv = self.qkv.weight.split([D, 2 * D])
             b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([D, 2 * D])
-            (q,) = self._heads(F.linear(x[:, :1], w_q, b_q), 1)
+            (q,) = self._heads(F.linear(x[:, :first_only], w_q, b_q), 1)
             k, v = self._heads(F.linear(x, w_kv, b_kv), 2)
-            N = 1
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            N = q.shape[2]
         else:
             q, k, v = self._qkv(x)
         dropout_p = self.attn_drop.p if self.training else 0.0
@@ -231,6 +241,7 @@ class Block(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = False,
+        qk_norm: bool = False,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         init_values: float | None = None,
@@ -238,9 +249,7 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim)
-        self.attn = Attention(
-            dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
-        )
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = LayerNorm(dim)
@@ -248,9 +257,9 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D); with first_only, token 0's output alone, (B, 1, D)."""
-        res = x[:, :1] if first_only else x
+    def forward(self, x: torch.Tensor, first_only: int = 0) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with first_only=k, the first k tokens' outputs alone, (B, k, D)."""
+        res = x[:, :first_only] if first_only else x
         x = res + self.drop_path1(self.ls1(self.attn(self.norm1(x), first_only)))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x

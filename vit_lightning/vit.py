@@ -36,6 +36,7 @@ from vit_lightning.layers import (
     resample_patch_embed,
     trunc_normal_,
 )
+from vit_lightning.pos_embed import build_sincos2d_pos_embed
 
 __all__ = [
     "VisionTransformer",
@@ -52,6 +53,7 @@ __all__ = [
     "trunc_normal_",
     "resample_abs_pos_embed",
     "resample_patch_embed",
+    "build_sincos2d_pos_embed",
     "checkpoint_filter_fn",
     "vit_tiny_patch16_224",
     "vit_small_patch16_224",
@@ -64,6 +66,7 @@ __all__ = [
 torch.fx.wrap("resample_abs_pos_embed")
 
 POOLS = ("token", "avg", "")  # '' is no pooling: the head runs on every token, as in timm
+POS_EMBEDS = ("learn", "sincos", "none", "")  # '' is timm's other spelling of 'none'
 
 
 class VisionTransformer(nn.Module):
@@ -80,14 +83,22 @@ class VisionTransformer(nn.Module):
         num_heads: Attention heads per block.
         mlp_ratio: MLP hidden size as a multiple of embed_dim.
         qkv_bias: Bias on the qkv projection.
+        qk_norm: LayerNorm on each head's queries and keys, which bounds the attention logits.
         init_values: LayerScale initial value; None or 0 disables LayerScale.
         class_token: Prepend a learnable [CLS] token.
+        pos_embed: 'learn' a position table, 'sincos' for the fixed 2-D sin-cos one (MoCo v3's: a
+            Parameter with requires_grad=False, so it is in the state_dict and is resampled for
+            other sizes as a learned table is), or 'none'.
+        no_embed_class: Position embeddings for the patches only; prefix tokens get none (DeiT III).
+        reg_tokens: Number of learnable register tokens after [CLS] (Darcet et al., 2023).
         dynamic_img_size: Accept any input size divisible by patch_size, resampling pos_embed.
         drop_rate: Dropout before the head.
         pos_drop_rate: Dropout after adding position embeddings.
         proj_drop_rate: Dropout after the attention projection and in the MLP.
         attn_drop_rate: Dropout on attention weights.
         drop_path_rate: Stochastic depth of the last block; earlier blocks ramp up linearly from 0.
+        weight_init: '' for timm's default init; 'skip' leaves it to the caller (a subclass that
+            adds parameters first, as `VisionTransformerDistilled`).
     """
 
     def __init__(
@@ -102,14 +113,19 @@ class VisionTransformer(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
+        qk_norm: bool = False,
         init_values: float | None = None,
         class_token: bool = True,
+        pos_embed: Literal["learn", "sincos", "none"] = "learn",
+        no_embed_class: bool = False,
+        reg_tokens: int = 0,
         dynamic_img_size: bool = False,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        weight_init: Literal["", "skip"] = "",
     ) -> None:
         super().__init__()
         _check_args(locals())
@@ -117,8 +133,11 @@ class VisionTransformer(nn.Module):
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1 if class_token else 0
+        self.num_prefix_tokens = (1 if class_token else 0) + reg_tokens
+        self.num_reg_tokens = reg_tokens
         self.has_class_token = class_token
+        self.no_embed_class = no_embed_class
+        self.pos_embed_type = pos_embed or "none"
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
         use_fc_norm = global_pool == "avg"  # timm: avg pooling moves the final norm after the pool
@@ -126,8 +145,13 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim)
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        embed_len = num_patches if no_embed_class else num_patches + self.num_prefix_tokens
+        trained = self.pos_embed_type == "learn"  # 'sincos' is fixed, yet in the state_dict
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, embed_len, embed_dim), requires_grad=trained)
+            if self.pos_embed_type != "none"
+            else None
         )
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = drop_path_rates(drop_path_rate, depth)
@@ -138,6 +162,7 @@ class VisionTransformer(nn.Module):
                     num_heads,
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
+                    qk_norm=qk_norm,
                     proj_drop=proj_drop_rate,
                     attn_drop=attn_drop_rate,
                     init_values=init_values,
@@ -154,14 +179,23 @@ class VisionTransformer(nn.Module):
         self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
+        if weight_init != "skip":
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """timm's default ('') init, drawn in timm's order so a seed gives timm's exact weights."""
-        trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed_type == "sincos":  # prefix tokens' rows stay 0, as in MoCo v3 and MAE
+            n = self.pos_embed.shape[1] - self.patch_embed.num_patches
+            grid = self.patch_embed.grid_size
+            sincos = build_sincos2d_pos_embed(grid, self.embed_dim, device=self.pos_embed.device)
+            self.pos_embed.zero_()[0, n:] = sincos
+        elif self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
         for m in self.modules():  # the conv keeps its default init, as in timm
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)
@@ -170,8 +204,10 @@ class VisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameters that AdamW should not decay (besides norms and biases)."""
-        return {"pos_embed", "cls_token"}
+        """Parameters that AdamW should not decay (besides norms and biases): timm's set, less
+        the names this model does not have."""
+        names = ("pos_embed", "cls_token", "reg_token", "dist_token")
+        return {n for n in names if getattr(self, n, None) is not None}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -201,7 +237,8 @@ class VisionTransformer(nn.Module):
             _check_pool(global_pool, self.has_class_token)
             self.global_pool = global_pool
         self.num_classes = num_classes
-        dd = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        w = self.patch_embed.proj.weight
+        dd = dict(device=w.device, dtype=w.dtype)
         head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.head = head.train(self.training)
 
@@ -230,22 +267,33 @@ class VisionTransformer(nn.Module):
             )
         return H // ph, W // pw
 
+    def _prefix_tokens(self) -> list[torch.Tensor]:
+        """The learned tokens put before the patches, in order, each (1, n, D): [CLS], registers."""
+        return [t for t in (self.cls_token, self.reg_token) if t is not None]
+
     def _pos_embed(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """(B, H*W, D) patch tokens -> (B, N, D), prefix tokens in front, as timm's `_pos_embed`."""
+        prefix = [t.expand(x.shape[0], -1, -1) for t in self._prefix_tokens()]
+        if self.pos_embed is None:  # and no position dropout, as in timm
+            return torch.cat([*prefix, x], dim=1)
         pos_embed = self.pos_embed
         if self.dynamic_img_size:
-            pos_embed = resample_abs_pos_embed(
-                pos_embed, grid_size, self.patch_embed.grid_size, self.num_prefix_tokens
-            )
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, D)
-        return self.pos_drop(x + pos_embed)
+            n = 0 if self.no_embed_class else self.num_prefix_tokens
+            pos_embed = resample_abs_pos_embed(pos_embed, grid_size, self.patch_embed.grid_size, n)
+        if self.no_embed_class:  # the table covers the patches only: add it, then prepend
+            x = x + pos_embed
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)  # (B, N, D)
+        if not self.no_embed_class:
+            x = x + pos_embed
+        return self.pos_drop(x)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, N, D) tokens with [CLS] and position embeddings."""
         grid_size = self._check_input(x)
         return self._pos_embed(self.patch_embed(x), grid_size)
 
-    def _block(self, blk: Block, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+    def _block(self, blk: Block, x: torch.Tensor, first_only: int = 0) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(blk, x, first_only, use_reentrant=False)
         return blk(x, first_only)
@@ -365,14 +413,16 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool != "token" or self._tokens_observed():
             return self.forward_head(self.forward_features(x))
-        # The head reads only the [CLS] token, so the last block computes only its output: one
-        # query instead of N, and proj and MLP on one token. Same logits and DropPath draws as
-        # forward_head(forward_features(x)), which still returns every token.
+        # The head reads only the first k tokens, [CLS] (and DeiT's distillation token), so the
+        # last block computes only their outputs: k queries instead of N, and proj and MLP on k
+        # tokens. Same logits and DropPath draws as forward_head(forward_features(x)), which
+        # still returns every token.
+        k = self.num_prefix_tokens - self.num_reg_tokens  # the registers come after them
         x = self._embed(x)
         *blocks, last = self.blocks
         for blk in blocks:
             x = self._block(blk, x)
-        return self.forward_head(self.norm(self._block(last, x, first_only=True)))
+        return self.forward_head(self.norm(self._block(last, x, first_only=k)))
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -422,6 +472,15 @@ def _check_args(args: dict) -> None:
             f"embed_dim={args['embed_dim']} must be divisible by num_heads={args['num_heads']}"
         )
     _check_pool(args["global_pool"], args["class_token"], allowed=("token", "avg"))
+    if args["pos_embed"] not in POS_EMBEDS:
+        raise ValueError(f"pos_embed={args['pos_embed']!r} must be 'learn', 'sincos' or 'none'")
+    if args["pos_embed"] == "sincos" and args["embed_dim"] % 4:
+        build_sincos2d_pos_embed((1, 1), args["embed_dim"])  # raises, naming embed_dim
+    if args["weight_init"] not in ("", "skip"):
+        raise ValueError(
+            f"weight_init={args['weight_init']!r} is not supported; use '' (timm's default) "
+            f"or 'skip'"
+        )
     rates = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
     for name in rates:
         if not 0.0 <= args[name] < 1.0:
@@ -429,6 +488,8 @@ def _check_args(args: dict) -> None:
     for name in ("depth", "num_heads", "embed_dim", "in_chans"):
         if args[name] < 1:
             raise ValueError(f"{name}={args[name]} must be >= 1")
+    if args["reg_tokens"] < 0:
+        raise ValueError(f"reg_tokens={args['reg_tokens']} must be >= 0")
     if args["num_classes"] < 0 or args["mlp_ratio"] <= 0:
         raise ValueError(
             f"num_classes={args['num_classes']} must be >= 0 and mlp_ratio={args['mlp_ratio']} > 0"
@@ -445,9 +506,10 @@ def checkpoint_filter_fn(
     this architecture: `model.load_state_dict(checkpoint_filter_fn(sd, model))`.
 
     Unwraps {'model': sd} (DeiT and MAE releases) and {'state_dict': sd}; resamples pos_embed to
-    the model's patch grid (a 224 checkpoint into a 384 model) and the patch-embedding kernel to
-    its patch size (FlexiViT: a /16 checkpoint into a /8 model); drops `pre_logits`. Every other
-    key is left alone: drop the head's keys to fine-tune on another number of classes.
+    the model's patch grid (a 224 checkpoint into a 384 model), leaving the prefix tokens' rows
+    ([CLS], registers, distillation; none with no_embed_class) alone, and the patch-embedding
+    kernel to its patch size (FlexiViT: a /16 checkpoint into a /8 model); drops `pre_logits`.
+    Every other key is left alone: drop the head's keys to fine-tune on another number of classes.
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(
@@ -462,8 +524,12 @@ def checkpoint_filter_fn(
             if v.ndim < 4:  # a Linear patch projection, from before patchifying by a conv
                 v = v.reshape(D, -1, h, w)
             v = resample_patch_embed(v, (h, w), interpolation, antialias)
-        elif k == "pos_embed" and v.shape[1] != model.pos_embed.shape[1]:
-            n = model.num_prefix_tokens
+        elif (
+            k == "pos_embed"
+            and model.pos_embed is not None
+            and v.shape[1] != model.pos_embed.shape[1]
+        ):
+            n = 0 if model.no_embed_class else model.num_prefix_tokens
             side = math.isqrt(v.shape[1] - n)
             if side * side != v.shape[1] - n:
                 raise ValueError(
