@@ -4,7 +4,8 @@
     python -m benchmarks.transfer run         # pretrain, then fine-tune / scratch / probe per seed
     python -m benchmarks.transfer table       # the README table from the runs' test accuracies
 
-Each seed pretrains its own network on all training images of classes 0-4. The downstream task is classes 5-9 with 100
+One network (seed 0) is pretrained on all training images of classes 0-4; each seed then runs
+the three downstream variants from it. The downstream task is classes 5-9 with 100
 labelled training images per class (10 of them held out for validation by the DataModule's
 split) and all 5,000 test images of those classes.
 """
@@ -79,7 +80,7 @@ class SaveTest(Callback):
         Path(trainer.default_root_dir, "test.yaml").write_text(yaml.safe_dump(metrics))
 
 
-def _cli(root: Path, *args: str) -> None:
+def cli_run(root: Path, *args: str) -> None:
     """One CLI command; its wall time is added to <root>/seconds.yaml under the subcommand."""
     cmd = [sys.executable, "-m", "vit_lightning", *args, "--trainer.logger=false"]
     print("+", " ".join(cmd), flush=True)
@@ -93,13 +94,12 @@ def _cli(root: Path, *args: str) -> None:
 
 def run(seeds: tuple[int, ...] = SEEDS) -> None:
     cfg = "configs/transfer"
-    for seed in seeds:  # each seed pretrains its own network, then runs the three variants
-        pre = RUNS / f"pretrain_s{seed}"
-        common = [f"--config={cfg}/fmnist_pretrain.yaml", f"--seed_everything={seed}",
-                  f"--trainer.default_root_dir={pre}"]  # fmt: skip
-        if not (pre / "test.yaml").exists():
-            _cli(pre, "fit", *common)
-            _cli(pre, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
+    pre = RUNS / "pretrain_s0"  # one pretrained network (seed 0) serves every downstream seed
+    common = [f"--config={cfg}/fmnist_pretrain.yaml", f"--trainer.default_root_dir={pre}"]
+    if not (pre / "test.yaml").exists():
+        cli_run(pre, "fit", *common)
+        cli_run(pre, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
+    for seed in seeds:  # the three variants per seed
         weights = [f"--model.pretrained={pre / 'checkpoints' / 'last.ckpt'}"]
         extra = {
             "finetune": [*weights, "--model.layer_decay=0.75"],
@@ -112,14 +112,14 @@ def run(seeds: tuple[int, ...] = SEEDS) -> None:
                 continue
             common = [f"--config={cfg}/fmnist_downstream.yaml", *extra[variant],
                       f"--seed_everything={seed}", f"--trainer.default_root_dir={out}"]  # fmt: skip
-            _cli(out, "fit", *common)
-            _cli(out, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
+            cli_run(out, "fit", *common)
+            cli_run(out, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
 
 
 def _runs(name: str) -> tuple[list[float], list[float]]:
     """(test accuracies, fit seconds) over the seeds that have finished."""
     accs, secs = [], []
-    for seed in SEEDS:
+    for seed in (0,) if name == "pretrain" else SEEDS:
         root = RUNS / f"{name}_s{seed}"
         if (root / "test.yaml").exists():
             accs.append(yaml.safe_load((root / "test.yaml").read_text())["test/acc"])
