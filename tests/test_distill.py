@@ -46,6 +46,7 @@ class Watch(Callback):
             self.teacher_training.append(module.training)
 
         pl_module.teacher.register_forward_pre_hook(teacher_in)
+
         def student_in(module, args):
             if module.training:
                 self.student.append(args[0].clone())
@@ -122,3 +123,73 @@ def test_a_distillation_run_resumes_bit_identical(tmp_path, fmnist_idx_300, run_
     again = run_cli(*_fit(resumed, *teach, "--ckpt_path=last"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _assert_same_run(resumed, straight) > 0
+
+
+class HeadDist(Callback):
+    """Records the distillation head's outputs in training."""
+
+    def __init__(self) -> None:
+        self.outputs = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        def keep(module, args, out):
+            if module.training:
+                self.outputs.append(out.detach().clone())
+
+        pl_module.net.head_dist.register_forward_hook(keep)
+
+
+def test_a_distilled_student_takes_the_distillation_loss_on_its_distillation_head(
+    tmp_path, monkeypatch
+):
+    import vit_lightning.module as module
+
+    seen = []
+
+    def recording(kind, student, teacher, tau):
+        seen.append(student.detach().clone())
+        return distillation_loss(kind, student, teacher, tau)
+
+    monkeypatch.setattr(module, "distillation_loss", recording)
+    path = tmp_path / "teacher.pth"
+    _save_teacher(path, img_size=32, num_classes=10, **TEACHER)
+    student = [
+        "--model.net=vit_lightning.VisionTransformerDistilled",
+        "--trainer.callbacks+=test_distill.HeadDist",
+    ]
+    args = smoke_args("fit", tmp_path, *QUICK, *QUIET, *student)
+    cli = main(args + _teacher_args(path, img_size=32, num_classes=10, **TEACHER))
+    (head,) = [c for c in cli.trainer.callbacks if isinstance(c, HeadDist)]
+    assert cli.model.net.distilled_training and len(seen) == cli.trainer.global_step > 0
+    for kd, out in zip(seen, head.outputs, strict=True):
+        assert torch.equal(kd, out)
+    x = torch.randn(2, 3, 32, 32)
+    net = cli.model.net.eval()
+    logits = net(x)  # eval: the mean of the two heads, as timm's
+    feats = net.forward_features(x)
+    assert torch.allclose(logits, (net.head(feats[:, 0]) + net.head_dist(feats[:, 1])) / 2)
+
+
+def test_attention_pictures_skip_every_prefix_token():
+    from vit_lightning import VisionTransformerDistilled
+    from vit_lightning.viz import attention_rollout, cls_attention
+
+    net = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                     num_heads=2, num_classes=10, reg_tokens=2)  # fmt: skip
+    x = torch.randn(3, 3, 32, 32)
+    assert net.attention_maps(x)[0].shape == (3, 2, 16 + 4, 16 + 4)
+    heads = cls_attention(net, x)
+    assert heads.shape == (3, 2, 4, 4) and (heads.sum(dim=(-2, -1)) <= 1 + 1e-6).all()
+    assert attention_rollout(net, x).shape == (3, 4, 4)
+
+
+@pytest.mark.slow
+def test_distillation_under_ddp(tmp_path, run_cli):
+    path = tmp_path / "teacher.pth"
+    _save_teacher(path, img_size=32, num_classes=10, **TEACHER)
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    args = smoke_args("fit", tmp_path, *QUICK, *QUIET, *ddp)
+    proc = run_cli(*args, *_teacher_args(path, img_size=32, num_classes=10, **TEACHER))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] > 0 and not any("teacher" in k for k in saved["state_dict"])
