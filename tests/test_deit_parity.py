@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 import torch
+from helpers.parity import close, images, pair, randomize_
 
 timm = pytest.importorskip("timm")
 from timm.models import deit as timm_deit  # noqa: E402
@@ -26,52 +27,28 @@ CONFIGS = {
 }
 
 
-def _randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Noise in every parameter, so a miswired token or head cannot hide at its init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
-
-
-def _images(batch: int = 4, size: tuple[int, int] = (32, 32)) -> torch.Tensor:
-    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
-
-
-def _pair(cfg: dict) -> tuple[VisionTransformerDistilled, TimmDistilled]:
-    theirs = _randomize_(TimmDistilled(**cfg)).eval()
-    ours = VisionTransformerDistilled(**cfg).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _close(a, b) -> None:
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-
-
 @pytest.mark.parametrize("name", CONFIGS)
 def test_state_dict_loads_strictly_both_ways_and_eval_logits_match(name):
     cfg = CONFIGS[name]
-    ours, theirs = _pair(cfg)  # timm -> ours
-    x = _images()
+    ours, theirs = pair(VisionTransformerDistilled, TimmDistilled, cfg)  # timm -> ours
+    x = images()
     with torch.no_grad():
-        _close(ours(x), theirs(x))
-    ours2 = _randomize_(VisionTransformerDistilled(**cfg), seed=3).eval()
+        close(ours(x), theirs(x))
+    ours2 = randomize_(VisionTransformerDistilled(**cfg), seed=3).eval()
     theirs.load_state_dict(ours2.state_dict(), strict=True)  # ours -> timm
     with torch.no_grad():
-        _close(ours2(x), theirs(x))
+        close(ours2(x), theirs(x))
         feats = ours2.forward_head(ours2.forward_features(x), pre_logits=True)
-        _close(feats, theirs.forward_head(theirs.forward_features(x), pre_logits=True))
+        close(feats, theirs.forward_head(theirs.forward_features(x), pre_logits=True))
         if ours2.dynamic_img_size:
-            _close(ours2(_images(2, (48, 40))), theirs(_images(2, (48, 40))))
+            close(ours2(images(2, (48, 40))), theirs(images(2, (48, 40))))
 
 
 @pytest.mark.parametrize("distilled", [True, False])
 def test_training_outputs_masks_and_gradients_match_timm(distilled):
     cfg = dict(TINY, drop_path_rate=0.5, drop_rate=0.2)
-    ours, theirs = _pair(cfg)
-    x = _images(8)
+    ours, theirs = pair(VisionTransformerDistilled, TimmDistilled, cfg)
+    x = images(8)
     outs = []
     for model in (theirs, ours):
         model.train().set_distilled_training(distilled)
@@ -81,15 +58,15 @@ def test_training_outputs_masks_and_gradients_match_timm(distilled):
         loss = sum(t.square().sum() for t in y) if distilled else y.square().sum()
         loss.backward()
         outs.append((y, {n: p.grad for n, p in model.named_parameters()}))
-    _close(outs[1][0], outs[0][0])
+    close(outs[1][0], outs[0][0])
     for n, g in outs[0][1].items():
         torch.testing.assert_close(outs[1][1][n], g, rtol=1e-4, atol=1e-5, msg=n)
     if distilled:
         assert not torch.allclose(*outs[1][0])  # two heads, two different predictions
         with torch.no_grad():  # in eval the mean of the two, even with distilled training on
             y, feats = ours.eval()(x), ours.forward_features(x)
-            _close(y, theirs.eval()(x))
-            _close(y, (ours.head(feats[:, 0]) + ours.head_dist(feats[:, 1])) / 2)
+            close(y, theirs.eval()(x))
+            close(y, (ours.head(feats[:, 0]) + ours.head_dist(feats[:, 1])) / 2)
 
 
 def test_same_seed_builds_timms_exact_weights():
@@ -107,7 +84,7 @@ def test_same_seed_builds_timms_exact_weights():
 def test_prefix_tokens_are_cls_then_distillation_then_registers():
     model = VisionTransformerDistilled(**TINY, reg_tokens=3).eval()
     assert model.num_prefix_tokens == 5 and model.pos_embed.shape == (1, 5 + 64, 48)
-    tokens = model._pos_embed(model.patch_embed(_images(1)), (8, 8))
+    tokens = model._pos_embed(model.patch_embed(images(1)), (8, 8))
     pe = model.pos_embed
     for i, t in enumerate([model.cls_token, model.dist_token, *model.reg_token.unbind(1)]):
         torch.testing.assert_close(tokens[0, i], t.reshape(48) + pe[0, i])
@@ -123,9 +100,9 @@ def test_fast_path_computes_the_two_head_tokens_with_the_full_forwards_outputs(
     reg_tokens, monkeypatch
 ):
     cfg = dict(TINY, reg_tokens=reg_tokens, drop_path_rate=0.5, init_values=0.1)
-    model = _randomize_(VisionTransformerDistilled(**cfg)).train()
+    model = randomize_(VisionTransformerDistilled(**cfg)).train()
     model.set_distilled_training()
-    x = _images(6)
+    x = images(6)
     outs = []
     for fn in (model, lambda x: model.forward_head(model.forward_features(x))):
         model.zero_grad()
@@ -133,7 +110,7 @@ def test_fast_path_computes_the_two_head_tokens_with_the_full_forwards_outputs(
         y = fn(x)
         sum(t.square().sum() for t in y).backward()
         outs.append((y, [p.grad.clone() for p in model.parameters()]))
-    _close(outs[0][0], outs[1][0])
+    close(outs[0][0], outs[1][0])
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     calls, seen = [], []
@@ -150,7 +127,7 @@ def test_fast_path_computes_the_two_head_tokens_with_the_full_forwards_outputs(
 
 
 def test_reset_classifier_replaces_both_heads_like_timm():
-    ours, theirs = _pair(CONFIGS["deit"])
+    ours, theirs = pair(VisionTransformerDistilled, TimmDistilled, CONFIGS["deit"])
     sig = inspect.signature
     assert (
         sig(ours.reset_classifier).parameters.keys()
@@ -163,7 +140,7 @@ def test_reset_classifier_replaces_both_heads_like_timm():
         ours.head_dist.load_state_dict(theirs.head_dist.state_dict())
         assert [h.out_features for h in ours.get_classifier()] == [5, 5]
         with torch.no_grad():
-            _close(ours(_images()), theirs(_images()))
+            close(ours(images()), theirs(images()))
     ours.train().to(torch.float64).reset_classifier(3)
     assert ours.head_dist.training and ours.head_dist.weight.dtype == torch.float64
     ours.reset_classifier(0)
@@ -180,7 +157,7 @@ def _scale_of(model: torch.nn.Module, name: str) -> float:
 
 
 def test_group_matcher_and_no_weight_decay_match_timm():
-    ours, theirs = _pair(CONFIGS["deit"])
+    ours, theirs = pair(VisionTransformerDistilled, TimmDistilled, CONFIGS["deit"])
     assert ours.group_matcher() == theirs.group_matcher()
     nwd = ours.no_weight_decay()
     assert nwd == {"pos_embed", "cls_token", "dist_token"} <= set(dict(ours.named_parameters()))
@@ -200,7 +177,7 @@ def test_group_matcher_and_no_weight_decay_match_timm():
 
 
 def test_checkpoint_filter_fn_resamples_past_both_prefix_tokens_like_timm():
-    src = _randomize_(TimmDistilled(**TINY), seed=5).state_dict()
+    src = randomize_(TimmDistilled(**TINY), seed=5).state_dict()
     cfg = dict(TINY, img_size=48)
     ours, theirs = VisionTransformerDistilled(**cfg).eval(), TimmDistilled(**cfg).eval()
     ours.load_state_dict(checkpoint_filter_fn({"model": src}, ours), strict=True)
@@ -208,7 +185,7 @@ def test_checkpoint_filter_fn_resamples_past_both_prefix_tokens_like_timm():
     assert ours.pos_embed.shape == (1, 2 + 144, 48)
     assert torch.equal(ours.pos_embed[:, :2], src["pos_embed"][:, :2])  # [CLS], distillation
     with torch.no_grad():
-        _close(ours(_images(2, (48, 48))), theirs(_images(2, (48, 48))))
+        close(ours(images(2, (48, 48))), theirs(images(2, (48, 48))))
 
 
 @pytest.mark.parametrize(
@@ -217,16 +194,16 @@ def test_checkpoint_filter_fn_resamples_past_both_prefix_tokens_like_timm():
     ids=str,
 )
 def test_forward_intermediates_split_off_both_prefix_tokens_like_timm(kwargs):
-    ours, theirs = _pair(CONFIGS["deit"])
+    ours, theirs = pair(VisionTransformerDistilled, TimmDistilled, CONFIGS["deit"])
     with torch.no_grad():
-        got = ours.forward_intermediates(_images(2), **kwargs)
-        _close(got, theirs.forward_intermediates(_images(2), **kwargs))
+        got = ours.forward_intermediates(images(2), **kwargs)
+        close(got, theirs.forward_intermediates(images(2), **kwargs))
     if kwargs.get("return_prefix_tokens"):
         assert got[1][0][1].shape == (2, 2, 48)
 
 
 def test_attention_maps_include_both_prefix_tokens():
-    maps = _randomize_(VisionTransformerDistilled(**TINY)).attention_maps(_images(2))
+    maps = randomize_(VisionTransformerDistilled(**TINY)).attention_maps(images(2))
     assert len(maps) == 2 and maps[0].shape == (2, 3, 66, 66)
     torch.testing.assert_close(maps[-1].sum(-1), torch.ones(2, 3, 66))
 

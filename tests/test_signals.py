@@ -261,28 +261,7 @@ def test_a_signal_in_the_final_validation_exits_143_with_the_finished_checkpoint
 def test_sigterm_to_one_externally_launched_ddp_rank_stops_both_with_143(tmp_path):
     """torchrun/SLURM style: the ranks are separate processes; only rank 0 gets the signal."""
     every = "--last_checkpoint.every_n_train_steps=1"
-    args = smoke_args(
-        "fit", tmp_path, "--trainer.logger=false", "--trainer.max_epochs=3", *DDP, every
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "WORLD_SIZE": "2",
-        "NODE_RANK": "0",
-    }
-    ranks = [
-        subprocess.Popen(
-            cli_command(*args),
-            env=cli_env({**env, "RANK": str(r), "LOCAL_RANK": str(r)}),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
+    ranks = _external_ddp(tmp_path, "--trainer.logger=false", "--trainer.max_epochs=3", every)
     try:
         _wait_for(tmp_path / "checkpoints" / "last.ckpt", ranks[0])
         ranks[0].terminate()

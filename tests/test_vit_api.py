@@ -7,6 +7,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.parity import close, images, pair, randomize_
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -32,30 +33,6 @@ CONFIGS = {
 }
 
 
-def _randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Noise in every parameter, so a miswired norm, scale or bias cannot hide at its init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
-
-
-def _pair_of_models(cfg: dict) -> tuple[VisionTransformer, timm_vit.VisionTransformer]:
-    theirs = _randomize_(timm_vit.VisionTransformer(**cfg)).eval()
-    ours = VisionTransformer(**cfg).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _images(batch: int = 2, size: tuple[int, int] = (32, 32), chans: int = 3) -> torch.Tensor:
-    return torch.randn(batch, chans, *size, generator=torch.Generator().manual_seed(1))
-
-
-def _close(a, b) -> None:
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-
-
 # --- layer-wise lr decay -------------------------------------------------------------------------
 
 
@@ -68,7 +45,7 @@ def _groups_by_name(model: torch.nn.Module, groups: list[dict]) -> list[tuple]:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_layer_decay_param_groups_match_timm(name):
-    ours, theirs = _pair_of_models(CONFIGS[name])
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, CONFIGS[name])
     assert ours.group_matcher() == theirs.group_matcher()
 
     def groups(m):
@@ -86,7 +63,7 @@ def test_layer_decay_param_groups_match_timm(name):
 
 
 def test_create_optimizer_v2_layer_decay_matches_timm():
-    ours, theirs = _pair_of_models(CONFIGS["token"])
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, CONFIGS["token"])
 
     def groups(m):
         opt = create_optimizer_v2(m, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
@@ -112,9 +89,9 @@ def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, seed: int = 7):
 
 @pytest.mark.parametrize("global_pool", ["token", "avg"])  # the [CLS]-only path, the full one
 def test_grad_checkpointing_gives_bit_identical_gradients_and_droppath_masks(global_pool):
-    model = _randomize_(VisionTransformer(**TINY, global_pool=global_pool, drop_path_rate=0.5))
+    model = randomize_(VisionTransformer(**TINY, global_pool=global_pool, drop_path_rate=0.5))
     model.train()
-    x = _images(8)
+    x = images(8)
     calls = []
     model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
     loss, grads = _loss_and_grads(model, x)
@@ -165,7 +142,7 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 def test_grad_checkpointing_keeps_only_the_block_inputs():
     model = VisionTransformer(**dict(TINY, depth=4), drop_path_rate=0.1).train()
-    x = _images(8)
+    x = images(8)
     full = saved_activation_bytes(model, x)
     model.set_grad_checkpointing()
     kept = saved_activation_bytes(model, x)
@@ -191,12 +168,12 @@ INTERMEDIATE_KWARGS = [
 @pytest.mark.parametrize("kwargs", INTERMEDIATE_KWARGS, ids=str)
 @pytest.mark.parametrize("name", CONFIGS)
 def test_forward_intermediates_match_timm(name, kwargs):
-    ours, theirs = _pair_of_models(CONFIGS[name])
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, CONFIGS[name])
     size = (48, 40) if ours.dynamic_img_size else (32, 32)  # non-square: the NCHW reshape shows
-    x = _images(2, size)
+    x = images(2, size)
     with torch.no_grad():
         got = ours.forward_intermediates(x, **kwargs)
-        _close(got, theirs.forward_intermediates(x, **kwargs))
+        close(got, theirs.forward_intermediates(x, **kwargs))
     if kwargs.keys() <= {"indices", "norm", "stop_early", "intermediates_only"}:  # NCHW maps
         maps = got if kwargs.get("intermediates_only") else got[1]
         assert maps[0].shape == (2, 48, size[0] // 4, size[1] // 4)
@@ -205,11 +182,11 @@ def test_forward_intermediates_match_timm(name, kwargs):
 @pytest.mark.parametrize("n,reshape", [(1, False), (2, True), ([0, 2], False)])
 @pytest.mark.parametrize("prefix", [False, True])
 def test_get_intermediate_layers_match_timm(n, reshape, prefix):
-    ours, theirs = _pair_of_models(CONFIGS["token"])
-    x = _images()
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, CONFIGS["token"])
+    x = images(2)
     kw = dict(n=n, reshape=reshape, return_prefix_tokens=prefix, norm=True)
     with torch.no_grad():
-        _close(ours.get_intermediate_layers(x, **kw), theirs.get_intermediate_layers(x, **kw))
+        close(ours.get_intermediate_layers(x, **kw), theirs.get_intermediate_layers(x, **kw))
     assert inspect.signature(ours.get_intermediate_layers).parameters.keys() <= set(
         inspect.signature(theirs.get_intermediate_layers).parameters
     )
@@ -224,14 +201,14 @@ def test_forward_intermediates_signature_is_timms():
 
 @pytest.mark.parametrize("indices", [1, [0, 1], [-2]])
 def test_prune_intermediate_layers_matches_timm(indices):
-    ours, theirs = _pair_of_models(CONFIGS["token"])
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, CONFIGS["token"])
     taken = ours.prune_intermediate_layers(indices, prune_norm=True)
     assert taken == theirs.prune_intermediate_layers(indices, prune_norm=True)
     assert list(ours.state_dict()) == list(theirs.state_dict())
-    x = _images()
+    x = images(2)
     with torch.no_grad():
-        _close(ours(x), theirs(x))  # no head, no pooling: every token's features
-        _close(ours.forward_intermediates(x), theirs.forward_intermediates(x))
+        close(ours(x), theirs(x))  # no head, no pooling: every token's features
+        close(ours.forward_intermediates(x), theirs.forward_intermediates(x))
 
 
 def test_feature_info_matches_timm():
@@ -250,7 +227,7 @@ def test_feature_info_matches_timm():
 )
 def test_out_of_range_indices_name_the_depth(indices, message):
     with pytest.raises(ValueError, match=message):
-        VisionTransformer(**TINY).forward_intermediates(_images(), indices)
+        VisionTransformer(**TINY).forward_intermediates(images(2), indices)
 
 
 # --- fx ------------------------------------------------------------------------------------------
@@ -260,9 +237,9 @@ def test_out_of_range_indices_name_the_depth(indices, message):
 def test_fx_feature_extractor_matches_the_eager_intermediates(name):
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    model = _randomize_(VisionTransformer(**CONFIGS[name], drop_path_rate=0.3))
+    model = randomize_(VisionTransformer(**CONFIGS[name], drop_path_rate=0.3))
     extractor = create_feature_extractor(model, return_nodes=["blocks.1", "norm"])
-    x = _images(2, (48, 40) if model.dynamic_img_size else (32, 32))
+    x = images(2, (48, 40) if model.dynamic_img_size else (32, 32))
     n = model.num_prefix_tokens
     for train in (False, True):  # torchvision traces each mode; train draws DropPath masks
         model.train(train), extractor.train(train)
@@ -278,13 +255,13 @@ def test_fx_feature_extractor_matches_the_eager_intermediates(name):
 
 
 def test_fx_symbolic_trace_gives_the_eager_logits_and_eager_keeps_its_errors():
-    model = _randomize_(VisionTransformer(**TINY)).eval()
+    model = randomize_(VisionTransformer(**TINY)).eval()
     traced = torch.fx.symbolic_trace(model)
-    x = _images()
+    x = images(2)
     with torch.no_grad():
         assert torch.equal(traced(x), model.forward_head(model.forward_features(x)))
     with pytest.raises(ValueError, match=r"expected input of shape \(B, 3, 32, 32\)"):
-        model(_images(size=(64, 64)))
+        model(images(size=(64, 64)))
 
 
 # --- hooks see every token -----------------------------------------------------------------------
@@ -318,8 +295,8 @@ def _watch(model: VisionTransformer, where: str, kind: str) -> tuple[list, objec
     ],
 )
 def test_hooks_on_the_last_block_or_norm_see_every_token_with_the_same_logits(where, kind):
-    model = _randomize_(VisionTransformer(**TINY, drop_path_rate=0.5, init_values=0.1)).train()
-    x = _images(6)
+    model = randomize_(VisionTransformer(**TINY, drop_path_rate=0.5, init_values=0.1)).train()
+    x = images(6)
     torch.manual_seed(11)
     fast = model(x)
     after_fast = torch.get_rng_state()
@@ -345,11 +322,11 @@ def test_without_hooks_forward_runs_the_cls_only_last_block(monkeypatch):
 
     monkeypatch.setattr(Block, "forward", spy)
     model = VisionTransformer(**TINY)
-    model(_images())
+    model(images(2))
     assert calls == [False, False, True]
     handle = model.blocks[0].register_forward_hook(lambda *_: None)  # an earlier block: unaffected
     calls.clear()
-    model(_images())
+    model(images(2))
     handle.remove()
     assert calls == [False, False, True]
 
@@ -357,7 +334,7 @@ def test_without_hooks_forward_runs_the_cls_only_last_block(monkeypatch):
 def test_hook_on_blocks_fires_once_with_every_token():
     model = VisionTransformer(**TINY)
     seen, handle = _watch(model, "blocks", "forward")
-    model(_images())
+    model(images(2))
     handle.remove()
     assert seen == [(2, 65, 48)]
 
@@ -377,14 +354,14 @@ def test_reset_classifier_signature_is_timms():
     + [("avg_no_class_token", p) for p in (None, "avg", "")],  # 'token' needs [CLS]: see below
 )
 def test_reset_classifier_matches_timm(name, global_pool):
-    ours, theirs = _pair_of_models(CONFIGS[name])
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, CONFIGS[name])
     ours.reset_classifier(5, global_pool)
     theirs.reset_classifier(5, global_pool)
     ours.head.load_state_dict(theirs.head.state_dict())
-    x = _images()
+    x = images(2)
     with torch.no_grad():
         out = ours(x)
-        _close(out, theirs(x))
+        close(out, theirs(x))
     per_token = global_pool == ""
     assert out.shape == ((2, 64 + ours.num_prefix_tokens, 5) if per_token else (2, 5))
     assert ours.global_pool == theirs.global_pool and ours.num_classes == 5
@@ -429,7 +406,7 @@ def timm_checkpoints(tmp_path_factory) -> dict[str, object]:
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("timm_ckpt")
-    sd = _randomize_(timm_vit.VisionTransformer(**SOURCE), seed=5).state_dict()
+    sd = randomize_(timm_vit.VisionTransformer(**SOURCE), seed=5).state_dict()
     save_file(sd, root / "vit.safetensors")
     torch.save({"model": sd, "epoch": 300}, root / "vit.pth")
     return {"safetensors": root / "vit.safetensors", "pth": root / "vit.pth"}
@@ -458,14 +435,14 @@ def test_checkpoint_filter_fn_fine_tunes_like_timms(timm_checkpoints, fmt, targe
         missing, unexpected = model.load_state_dict(sd, strict=False)
         assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
         model.head.load_state_dict(head.state_dict())
-    x = _images(2, (cfg["img_size"],) * 2)
+    x = images(2, (cfg["img_size"],) * 2)
     with torch.no_grad():
-        _close(ours(x), theirs(x))
+        close(ours(x), theirs(x))
 
 
 def test_checkpoint_filter_fn_unwraps_state_dict_and_drops_pre_logits():
     model = VisionTransformer(**SOURCE)
-    sd = _randomize_(VisionTransformer(**SOURCE)).state_dict()
+    sd = randomize_(VisionTransformer(**SOURCE)).state_dict()
     out = checkpoint_filter_fn({"state_dict": {**sd, "pre_logits.fc.weight": torch.ones(2)}}, model)
     assert list(out) == list(sd) and all(out[k] is sd[k] for k in sd)  # same size: untouched
 
@@ -482,7 +459,7 @@ def test_resampled_kernel_embeds_a_resized_patch_to_the_same_token():
     # FlexiViT: upsampling a patch and embedding it with the pinv-resampled kernel is exact
     w, patch = torch.randn(16, 3, 4, 4), torch.randn(1, 3, 4, 4)
     big = F.interpolate(patch, size=(8, 8), mode="bicubic", antialias=True)
-    _close(F.conv2d(big, resample_patch_embed(w, (8, 8))), F.conv2d(patch, w))
+    close(F.conv2d(big, resample_patch_embed(w, (8, 8))), F.conv2d(patch, w))
 
 
 def test_checkpoint_filter_fn_names_bad_input():

@@ -4,6 +4,7 @@ import inspect
 
 import pytest
 import torch
+from helpers.parity import randomize_
 
 timm = pytest.importorskip("timm")
 from timm.layers import resample_abs_pos_embed as timm_resample  # noqa: E402
@@ -27,15 +28,6 @@ CONFIGS = {
 }
 
 
-def _randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Fill every parameter with noise, so a miswired norm, scale or bias cannot hide at its init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
-
-
 def _input(cfg: dict, batch: int = 4, size: tuple[int, int] | None = None) -> torch.Tensor:
     s = size or (cfg["img_size"],) * 2
     return torch.randn(
@@ -46,14 +38,14 @@ def _input(cfg: dict, batch: int = 4, size: tuple[int, int] | None = None) -> to
 @pytest.mark.parametrize("name", CONFIGS)
 def test_state_dict_loads_strictly_both_ways_and_logits_match(name):
     cfg = CONFIGS[name]
-    theirs = _randomize_(TimmViT(**cfg)).eval()
+    theirs = randomize_(TimmViT(**cfg)).eval()
     ours = VisionTransformer(**cfg).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)  # timm -> ours
     x = _input(cfg)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
 
-    ours2 = _randomize_(VisionTransformer(**cfg), seed=3).eval()
+    ours2 = randomize_(VisionTransformer(**cfg), seed=3).eval()
     theirs.load_state_dict(ours2.state_dict(), strict=True)  # ours -> timm
     with torch.no_grad():
         torch.testing.assert_close(ours2(x), theirs(x), rtol=0, atol=1e-5)
@@ -69,7 +61,7 @@ def test_state_dict_loads_strictly_both_ways_and_logits_match(name):
 
 def test_dynamic_img_size_resamples_pos_embed_like_timm():
     cfg = CONFIGS["dynamic_img_size"]
-    theirs = _randomize_(TimmViT(**cfg)).eval()
+    theirs = randomize_(TimmViT(**cfg)).eval()
     ours = VisionTransformer(**cfg).eval()
     ours.load_state_dict(theirs.state_dict())
     with torch.no_grad():
@@ -148,7 +140,7 @@ def test_drop_path_schedule_matches_timm():
 
 def test_drop_path_train_mode_masks_match_timm():
     cfg = dict(TINY, depth=4, drop_path_rate=0.5)
-    theirs = _randomize_(TimmViT(**cfg)).train()
+    theirs = randomize_(TimmViT(**cfg)).train()
     ours = VisionTransformer(**cfg).train()
     ours.load_state_dict(theirs.state_dict())
     x = _input(cfg, batch=16)
@@ -192,7 +184,7 @@ def test_resample_abs_pos_embed_matches_timm(new):
 
 def test_checkpoint_filter_fn_fine_tunes_at_new_resolution_like_timm():
     cfg = dict(TINY)
-    src = _randomize_(VisionTransformer(**cfg)).state_dict()
+    src = randomize_(VisionTransformer(**cfg)).state_dict()
     ours = VisionTransformer(**dict(cfg, img_size=48)).eval()
     ours.load_state_dict(checkpoint_filter_fn(src, ours), strict=True)
     # timm at 48 fed the same checkpoint through its own resampling must agree

@@ -5,6 +5,7 @@ embedding, which timm's ViT lacks, against timm's own builder."""
 import numpy as np
 import pytest
 import torch
+from helpers.parity import close, images, pair, randomize_
 
 timm = pytest.importorskip("timm")
 from timm.layers import build_sincos2d_pos_embed as timm_sincos  # noqa: E402
@@ -32,57 +33,33 @@ VARIANTS = {
 }
 
 
-def _randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Noise in every parameter, so a miswired norm, scale or token cannot hide at its init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
-
-
-def _images(batch: int = 4, size: tuple[int, int] = (32, 32)) -> torch.Tensor:
-    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
-
-
-def _pair(cfg: dict) -> tuple[VisionTransformer, timm_vit.VisionTransformer]:
-    theirs = _randomize_(timm_vit.VisionTransformer(**cfg)).eval()
-    ours = VisionTransformer(**cfg).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _close(a, b) -> None:
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-
-
 @pytest.mark.parametrize("name", VARIANTS)
 def test_state_dict_loads_strictly_both_ways_and_logits_match(name):
     cfg = VARIANTS[name]
-    ours, theirs = _pair(cfg)  # timm -> ours
-    x = _images()
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, cfg)  # timm -> ours
+    x = images()
     with torch.no_grad():
-        _close(ours(x), theirs(x))
-    ours2 = _randomize_(VisionTransformer(**cfg), seed=3).eval()
+        close(ours(x), theirs(x))
+    ours2 = randomize_(VisionTransformer(**cfg), seed=3).eval()
     theirs.load_state_dict(ours2.state_dict(), strict=True)  # ours -> timm
     with torch.no_grad():
-        _close(ours2(x), theirs(x))
+        close(ours2(x), theirs(x))
         feats = ours2.forward_head(ours2.forward_features(x), pre_logits=True)
-        _close(feats, theirs.forward_head(theirs.forward_features(x), pre_logits=True))
+        close(feats, theirs.forward_head(theirs.forward_features(x), pre_logits=True))
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_train_mode_outputs_and_gradients_match_timm(name):
     cfg = dict(VARIANTS[name], drop_path_rate=0.5, drop_rate=0.2, pos_drop_rate=0.1)
-    ours, theirs = _pair(cfg)
-    x = _images(8)
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, cfg)
+    x = images(8)
     outs = []
     for model in (theirs.train(), ours.train()):
         torch.manual_seed(1234)  # the same DropPath masks and dropout draws
         y = model(x)
         y.square().sum().backward()
         outs.append((y.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    _close(outs[1][0], outs[0][0])
+    close(outs[1][0], outs[0][0])
     assert outs[1][1].keys() == outs[0][1].keys()
     for n, g in outs[0][1].items():
         torch.testing.assert_close(outs[1][1][n], g, rtol=1e-4, atol=1e-5, msg=n)
@@ -114,11 +91,13 @@ def test_prefix_tokens_are_cls_then_registers_with_timms_keys():
 
 @pytest.mark.parametrize("name", ["reg4", "reg2_no_embed_class", "pos_embed_none"])
 def test_dynamic_img_size_resamples_around_every_prefix_token_like_timm(name):
-    ours, theirs = _pair(dict(VARIANTS[name], dynamic_img_size=True))
+    ours, theirs = pair(
+        VisionTransformer, timm_vit.VisionTransformer, dict(VARIANTS[name], dynamic_img_size=True)
+    )
     with torch.no_grad():
         for size in [(48, 40), (16, 16)]:
-            x = _images(2, size)
-            _close(ours(x), theirs(x))
+            x = images(2, size)
+            close(ours(x), theirs(x))
 
 
 @pytest.mark.parametrize(
@@ -132,18 +111,18 @@ def test_dynamic_img_size_resamples_around_every_prefix_token_like_timm(name):
 )
 @pytest.mark.parametrize("name", ["reg4", "avg_reg_no_class_token"])
 def test_forward_intermediates_split_off_every_prefix_token_like_timm(name, kwargs):
-    ours, theirs = _pair(VARIANTS[name])
-    x = _images(2)
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, VARIANTS[name])
+    x = images(2)
     with torch.no_grad():
         got = ours.forward_intermediates(x, **kwargs)
-        _close(got, theirs.forward_intermediates(x, **kwargs))
+        close(got, theirs.forward_intermediates(x, **kwargs))
     prefix = got["image_intermediates_prefix"][0] if kwargs.get("output_dict") else got[1][0][1]
     assert prefix.shape == (2, ours.num_prefix_tokens, 48)
 
 
 @pytest.mark.parametrize("name", ["reg4", "avg_reg_no_class_token"])
 def test_registers_are_in_the_stem_group_and_not_decayed_like_timm(name):
-    ours, theirs = _pair(VARIANTS[name])
+    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, VARIANTS[name])
     assert ours.group_matcher() == theirs.group_matcher()
     nwd = ours.no_weight_decay()
     assert "reg_token" in nwd and nwd <= set(dict(ours.named_parameters()))
@@ -163,8 +142,8 @@ def test_registers_are_in_the_stem_group_and_not_decayed_like_timm(name):
 
 @pytest.mark.parametrize("name", ["reg4", "reg_qk_norm_layerscale"])
 def test_cls_only_fast_path_reads_cls_before_the_registers(name, monkeypatch):
-    model = _randomize_(VisionTransformer(**VARIANTS[name], drop_path_rate=0.5)).train()
-    x = _images(6)
+    model = randomize_(VisionTransformer(**VARIANTS[name], drop_path_rate=0.5)).train()
+    x = images(6)
     outs = []
     for fn in (model, lambda x: model.forward_head(model.forward_features(x))):
         model.zero_grad()
@@ -172,7 +151,7 @@ def test_cls_only_fast_path_reads_cls_before_the_registers(name, monkeypatch):
         y = fn(x)
         y.square().sum().backward()
         outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
-    _close(outs[0][0], outs[1][0])
+    close(outs[0][0], outs[1][0])
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     calls = []
@@ -186,8 +165,8 @@ def test_cls_only_fast_path_reads_cls_before_the_registers(name, monkeypatch):
 
 @pytest.mark.parametrize("name", ["reg4", "qk_norm"])
 def test_attention_maps_cover_every_prefix_token_and_are_the_weights_used(name):
-    model = _randomize_(VisionTransformer(**VARIANTS[name])).eval()
-    x = _images(2)
+    model = randomize_(VisionTransformer(**VARIANTS[name])).eval()
+    x = images(2)
     maps = model.attention_maps(x)
     n = model.num_prefix_tokens + 64
     assert len(maps) == 2 and maps[0].shape == (2, 3, n, n)
@@ -201,7 +180,7 @@ def test_attention_maps_cover_every_prefix_token_and_are_the_weights_used(name):
 
 @pytest.mark.parametrize("name", ["reg4", "reg2_no_embed_class"])
 def test_checkpoint_filter_fn_resamples_around_the_prefix_tokens_like_timm(name):
-    src = _randomize_(timm_vit.VisionTransformer(**VARIANTS[name]), seed=5).state_dict()
+    src = randomize_(timm_vit.VisionTransformer(**VARIANTS[name]), seed=5).state_dict()
     cfg = dict(VARIANTS[name], img_size=48)
     ours, theirs = VisionTransformer(**cfg).eval(), timm_vit.VisionTransformer(**cfg).eval()
     ours.load_state_dict(checkpoint_filter_fn(src, ours), strict=True)
@@ -209,15 +188,15 @@ def test_checkpoint_filter_fn_resamples_around_the_prefix_tokens_like_timm(name)
     n = 0 if ours.no_embed_class else ours.num_prefix_tokens
     assert torch.equal(ours.pos_embed[:, :n], src["pos_embed"][:, :n])  # prefix rows untouched
     with torch.no_grad():
-        _close(ours(_images(2, (48, 48))), theirs(_images(2, (48, 48))))
+        close(ours(images(2, (48, 48))), theirs(images(2, (48, 48))))
 
 
 def test_pos_embed_none_makes_avg_pooling_blind_to_patch_order():
-    model = _randomize_(VisionTransformer(**VARIANTS["pos_embed_none"], global_pool="avg")).eval()
-    x = _images(2)
+    model = randomize_(VisionTransformer(**VARIANTS["pos_embed_none"], global_pool="avg")).eval()
+    x = images(2)
     swapped = x.clone()  # two 4x4 patches exchanged
     swapped[..., 0:4, 0:4], swapped[..., 8:12, 4:8] = x[..., 8:12, 4:8], x[..., 0:4, 0:4]
-    learned = _randomize_(VisionTransformer(**TINY, global_pool="avg")).eval()
+    learned = randomize_(VisionTransformer(**TINY, global_pool="avg")).eval()
     with torch.no_grad():
         learned.pos_embed.mul_(5)  # as large as the patch tokens: its effect shows clearly
         torch.testing.assert_close(model(swapped), model(x), rtol=1e-5, atol=1e-5)
@@ -267,7 +246,7 @@ def test_sincos_pos_embed_is_not_trained_by_an_optimizer_step():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert not model.pos_embed.requires_grad and "pos_embed" in model.state_dict()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
-    model(_images()).logsumexp(-1).mean().backward()
+    model(images()).logsumexp(-1).mean().backward()
     opt.step()
     assert model.pos_embed.grad is None
     assert torch.equal(model.pos_embed, before["pos_embed"])
@@ -276,14 +255,14 @@ def test_sincos_pos_embed_is_not_trained_by_an_optimizer_step():
 
 def test_sincos_state_dict_loads_into_timms_learned_model_with_the_same_logits():
     cfg = dict(TINY, dynamic_img_size=True)
-    ours = _randomize_(VisionTransformer(**cfg, pos_embed="sincos")).eval()
+    ours = randomize_(VisionTransformer(**cfg, pos_embed="sincos")).eval()
     with torch.no_grad():  # the noise filled the table too: put the sin-cos one back
         ours.pos_embed.copy_(VisionTransformer(**cfg, pos_embed="sincos").pos_embed)
     theirs = timm_vit.VisionTransformer(**cfg).eval()
     theirs.load_state_dict(ours.state_dict(), strict=True)
     with torch.no_grad():
         for size in [(32, 32), (48, 40)]:  # the table resamples as a learned one does
-            _close(ours(_images(2, size)), theirs(_images(2, size)))
+            close(ours(images(2, size)), theirs(images(2, size)))
 
 
 @pytest.mark.parametrize(
