@@ -2,6 +2,7 @@
 
 import csv
 import glob
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +95,22 @@ def test_timm_vision_transformer_plugs_in_unchanged():
     assert isinstance(cli.model.net, TimmViT) and cli.model.net.num_classes == 10
 
 
-@pytest.mark.parametrize("config", sorted(glob.glob(str(ROOT / "configs" / "*.yaml"))))
+CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.yaml"))) + [
+    str(ROOT / "configs" / "transfer" / f"fmnist_{name}.yaml")
+    for name in ("pretrain", "downstream")
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", config, "--print_config"])
     assert exit_info.value.code == 0
-    assert "class_path: vit_lightning.VisionTransformer" in capsys.readouterr().out
+    net = re.search(r"\n  net:\n    class_path: (\S+)\n", capsys.readouterr().out)
+    teacher = "teacher" in Path(config).stem
+    assert net and net[1].startswith(
+        "vit_lightning.teachers." if teacher else "vit_lightning.Vision"
+    )
 
 
 def test_unknown_config_key_is_named(tmp_path, run_cli):

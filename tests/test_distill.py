@@ -109,6 +109,7 @@ def test_the_distillation_losses_are_deits():
     assert math.isclose(distillation_loss("soft", s, t, tau), kl, rel_tol=1e-5)
 
 
+@pytest.mark.slow  # three fits; `pytest -m slow` runs it
 def test_a_distillation_run_resumes_bit_identical(tmp_path, fmnist_idx_300, run_cli):
     net = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=1,
                num_heads=2)  # fmt: skip

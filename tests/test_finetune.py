@@ -124,6 +124,7 @@ def test_grad_checkpointing_switch_reaches_the_network(tmp_path):
     assert cli.model.net.grad_checkpointing
 
 
+@pytest.mark.slow  # three fits; `pytest -m slow` runs it
 def test_a_fine_tuning_run_resumes_bit_identical(tmp_path, fmnist_idx_300, run_cli):
     """Pretrained weights, layer decay and a frozen block: killed with SIGTERM mid-epoch and
     resumed, it ends exactly where the uninterrupted run does."""
