@@ -97,6 +97,9 @@ def _ask_viewer(timeout: float) -> str | None:
     except ValueError:  # not JSON: not a W&B API at that address
         return f"does not answer {url} as a W&B server does (check WANDB_BASE_URL)"
     except OSError as e:  # refused, unknown host, reset, socket timeout (URLError is an OSError)
+        if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            # the same answer as the join's deadline, whichever of the two fires first
+            return f"does not answer within {timeout:g} s"
         return f"is unreachable ({getattr(e, 'reason', e)})"
     data = body.get("data") if isinstance(body, dict) else None
     if key and isinstance(data, dict) and data.get("viewer") is None:

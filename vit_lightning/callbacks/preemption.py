@@ -177,16 +177,24 @@ def loader_worker_init(worker_id: int) -> None:
     main process (DataLoader shutdown, interpreter exit) still ends the worker at once, as torch's
     own worker handler does; telling the two apart needs the sender, which only `sigwaitinfo` has.
 
-    Without it (macOS) the worker ignores SIGTERM, and still ends as torch ends it otherwise: a
-    Trainer's teardown shuts its loaders down on every exit path (torch's `_shutdown_workers` sets
-    the done event and sends each worker the None that ends its loop, before any `terminate()`),
-    and a worker whose main process died ends within 5 s (torch's `ManagerWatchdog`). Given up: a
-    worker stuck inside the dataset outlives that `terminate()`, and an iterator never shut down
-    (held at interpreter exit, outside a Trainer) makes the exit wait on its workers.
+    Without it (macOS) the worker ignores its first SIGTERM, the job's, and ends on the next one:
+    the main process's `terminate()` when it shuts its loaders down or exits (multiprocessing
+    terminates and then joins, without a time limit, any worker still alive at exit). Otherwise a
+    Trainer's teardown ends workers through torch's `_shutdown_workers` (the done event and the
+    None that ends their loop), and a worker whose main process died ends within 5 s (torch's
+    `ManagerWatchdog`). Given up: a worker that is sent its main process's SIGTERM with no job
+    SIGTERM before it survives that one signal, until the next or the watchdog.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        seen: list[int] = []
+
+        def second_ends(signum: int, frame: Any) -> None:
+            if seen:
+                os._exit(0)
+            seen.append(signum)
+
+        signal.signal(signal.SIGTERM, second_ends)
         return
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
