@@ -189,3 +189,23 @@ def test_cifar10_resize_upsamples_after_the_augmentation_and_sets_the_model_size
     assert dm.train_transform()(image).shape == dm.eval_transform()(image).shape == (3, 48, 48)
     with pytest.raises(ValueError, match="device_pipeline=false"):
         CIFAR10DataModule(resize=48, device_pipeline=True)
+
+
+def test_pretrained_weights_load_once_so_test_after_fit_sees_the_trained_weights(tmp_path):
+    from helpers.trainer import quiet_trainer
+
+    from vit_lightning.data import SyntheticDataModule
+    from vit_lightning.module import ViTClassifier
+
+    net_args = dict(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=4)
+    path = tmp_path / "w.safetensors"
+    save_file(VisionTransformer(**net_args).state_dict(), str(path))
+    model = ViTClassifier(VisionTransformer(**net_args), pretrained=str(path), warmup_epochs=0)
+    dm = SyntheticDataModule(num_classes=4, img_size=16, train_size=64, val_size=16,
+                             test_size=16, batch_size=16, num_workers=0)  # fmt: skip
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, dm)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.test(model, dm)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k]), k

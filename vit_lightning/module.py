@@ -137,6 +137,7 @@ class ViTClassifier(L.LightningModule):
         cli = compat.given_hyperparameters()
         self.save_hyperparameters(ignore=[] if cli else ["net", "teacher"])
         self.net = net
+        self.pretrained_loaded = False  # see setup
         if teacher is not None:
             check_teacher(teacher, net)
             if hasattr(net, "set_distilled_training"):
@@ -194,8 +195,12 @@ class ViTClassifier(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        if self.hparams.get("pretrained") and self.trainer.ckpt_path is None:
-            load_pretrained(self.net, self.hparams.pretrained)  # a resumed run keeps its weights
+        # once per module, and not under a checkpoint: a resumed run, or `test` after `fit` in
+        # the same process, keeps the weights it has
+        pretrained = self.hparams.get("pretrained")
+        if pretrained and self.trainer.ckpt_path is None and not self.pretrained_loaded:
+            load_pretrained(self.net, pretrained)
+            self.pretrained_loaded = True
         if self.teacher is not None and stage == "fit":  # every run, resumed or not
             load_teacher(self.teacher, self.hparams.get("teacher_checkpoint"))
 
