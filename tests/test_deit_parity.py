@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 import torch
-from helpers.parity import close, images, pair, randomize_
+from helpers.parity import assert_loads_both_ways, close, images, pair, randomize_
 
 timm = pytest.importorskip("timm")
 from timm.models import deit as timm_deit  # noqa: E402
@@ -29,19 +29,7 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_state_dict_loads_strictly_both_ways_and_eval_logits_match(name):
-    cfg = CONFIGS[name]
-    ours, theirs = pair(VisionTransformerDistilled, TimmDistilled, cfg)  # timm -> ours
-    x = images()
-    with torch.no_grad():
-        close(ours(x), theirs(x))
-    ours2 = randomize_(VisionTransformerDistilled(**cfg), seed=3).eval()
-    theirs.load_state_dict(ours2.state_dict(), strict=True)  # ours -> timm
-    with torch.no_grad():
-        close(ours2(x), theirs(x))
-        feats = ours2.forward_head(ours2.forward_features(x), pre_logits=True)
-        close(feats, theirs.forward_head(theirs.forward_features(x), pre_logits=True))
-        if ours2.dynamic_img_size:
-            close(ours2(images(2, (48, 40))), theirs(images(2, (48, 40))))
+    assert_loads_both_ways(VisionTransformerDistilled, TimmDistilled, CONFIGS[name])
 
 
 @pytest.mark.parametrize("distilled", [True, False])

@@ -5,7 +5,7 @@ embedding, which timm's ViT lacks, against timm's own builder."""
 import numpy as np
 import pytest
 import torch
-from helpers.parity import close, images, pair, randomize_
+from helpers.parity import assert_loads_both_ways, close, images, pair, randomize_
 
 timm = pytest.importorskip("timm")
 from timm.layers import build_sincos2d_pos_embed as timm_sincos  # noqa: E402
@@ -35,17 +35,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_state_dict_loads_strictly_both_ways_and_logits_match(name):
-    cfg = VARIANTS[name]
-    ours, theirs = pair(VisionTransformer, timm_vit.VisionTransformer, cfg)  # timm -> ours
-    x = images()
-    with torch.no_grad():
-        close(ours(x), theirs(x))
-    ours2 = randomize_(VisionTransformer(**cfg), seed=3).eval()
-    theirs.load_state_dict(ours2.state_dict(), strict=True)  # ours -> timm
-    with torch.no_grad():
-        close(ours2(x), theirs(x))
-        feats = ours2.forward_head(ours2.forward_features(x), pre_logits=True)
-        close(feats, theirs.forward_head(theirs.forward_features(x), pre_logits=True))
+    assert_loads_both_ways(VisionTransformer, timm_vit.VisionTransformer, VARIANTS[name])
 
 
 @pytest.mark.parametrize("name", VARIANTS)

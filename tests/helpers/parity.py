@@ -26,3 +26,21 @@ def pair(ours_cls: type, theirs_cls: type, cfg: dict) -> tuple[torch.nn.Module, 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def assert_loads_both_ways(ours_cls: type, theirs_cls: type, cfg: dict) -> torch.nn.Module:
+    """timm's weights load strictly into ours and ours into timm's, with the same eval logits and
+    pre-logits features; returns the second model of ours."""
+    ours, theirs = pair(ours_cls, theirs_cls, cfg)  # timm -> ours
+    x = images()
+    with torch.no_grad():
+        close(ours(x), theirs(x))
+    ours2 = randomize_(ours_cls(**cfg), seed=3).eval()
+    theirs.load_state_dict(ours2.state_dict(), strict=True)  # ours -> timm
+    with torch.no_grad():
+        close(ours2(x), theirs(x))
+        feats = ours2.forward_head(ours2.forward_features(x), pre_logits=True)
+        close(feats, theirs.forward_head(theirs.forward_features(x), pre_logits=True))
+        if getattr(ours2, "dynamic_img_size", False):
+            close(ours2(images(2, (48, 40))), theirs(images(2, (48, 40))))
+    return ours2
