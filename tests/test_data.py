@@ -311,11 +311,13 @@ def test_predict_folder_empty_or_missing(tmp_path: Path, folder: str) -> None:
         ("none", []),
         ("flip", ["RandomHorizontalFlip"]),
         ("crop_flip", ["RandomCrop", "RandomHorizontalFlip"]),
+        ("randaugment", ["RandomHorizontalFlip", "RandAugment"]),
+        ("trivialaugment", ["RandomHorizontalFlip", "TrivialAugmentWide"]),
     ],
 )
 def test_fashion_mnist_augment_policies(tmp_path: Path, augment: str, expected: list) -> None:
     dm = FashionMNISTDataModule(str(tmp_path), augment=augment)
     names = [type(t).__name__ for t in dm.train_transform().transforms]
-    assert [n for n in names if n.startswith("Random")] == expected
-    with pytest.raises(ValueError, match="augment must be none/flip/crop_flip, got 'rotate'"):
+    assert [n for n in names if n.startswith("Random") or "Augment" in n] == expected
+    with pytest.raises(ValueError, match="augment must be none/flip/crop_flip/.*, got 'rotate'"):
         FashionMNISTDataModule(str(tmp_path), augment="rotate")

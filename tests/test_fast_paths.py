@@ -14,6 +14,7 @@ from helpers import smoke_args
 from helpers.trainer import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from vit_lightning import VisionTransformer
@@ -118,11 +119,22 @@ def test_device_draws_depend_on_seed_epoch_and_indices_only():
     assert a["shift"].min() >= 0 and a["shift"].max() <= 4
 
 
-def test_device_pipeline_refuses_augmentations_it_cannot_batch(cifar10):
-    with pytest.raises(ValueError, match="device_pipeline.*augment='autoaugment'.*--data.augment"):
-        CIFAR10DataModule(str(cifar10.root), augment="autoaugment", device_pipeline=True)
-    with pytest.raises(ValueError, match="random_erasing=0.25"):
-        CIFAR10DataModule(str(cifar10.root), random_erasing=0.25, device_pipeline=True)
+def test_device_pipeline_refuses_transforms_it_cannot_batch(cifar10, monkeypatch):
+    from vit_lightning.data import augment, cifar10 as cifar10_module
+
+    table = {"jitter": augment.Policy("colour jitter", lambda: [v2.ColorJitter(0.4)])}
+    monkeypatch.setattr(CIFAR10DataModule, "AUGMENT", table)
+    with pytest.raises(ValueError, match=r"cannot run ColorJitter.*--data.device_pipeline=false"):
+        CIFAR10DataModule(str(cifar10.root), augment="jitter", device_pipeline=True)
+    assert cifar10_module.AUGMENT is not table
+    bilinear = {
+        "ta": augment.Policy(
+            "bilinear", lambda: [v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR)]
+        )
+    }
+    monkeypatch.setattr(CIFAR10DataModule, "AUGMENT", bilinear)
+    with pytest.raises(ValueError, match="nearest interpolation and zero fill"):
+        CIFAR10DataModule(str(cifar10.root), augment="ta", device_pipeline=True)
 
 
 def test_device_pipeline_trains_through_the_trainer(cifar10):

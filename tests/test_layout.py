@@ -10,12 +10,14 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from torchvision.transforms import v2
 from helpers import ROOT, SMOKE
 
 import vit_lightning
 from vit_lightning import data
 from vit_lightning.cli import ViTLightningCLI, main
 from vit_lightning.data import augment
+from vit_lightning.data.device_augment import POLICIES
 
 PACKAGE = Path(vit_lightning.__file__).parent
 TABLES = {
@@ -113,14 +115,16 @@ def test_augment_choices_help_and_errors_come_from_the_table(name):
         assert policy.help in cls.__doc__  # what --help prints under --data.augment
     with pytest.raises(ValueError, match=re.escape(f"augment must be {'/'.join(table)}")):
         cls(augment="no_such_policy")
-    for name_, policy in table.items():  # each policy builds, and the device pipeline agrees
+    for name_, policy in table.items():  # each policy builds, and runs on the device pipeline
         transforms = policy.transforms()
         assert all(callable(t) for t in transforms)
-        if policy.device is None:
-            with pytest.raises(ValueError, match="device_pipeline"):
-                cls(augment=name_, device_pipeline=True)
-        else:
-            cls(augment=name_, device_pipeline=True)
+        dm = cls(augment=name_, random_erasing=0.25, device_pipeline=True)
+        pad, flip, recipe = dm.device_augment()
+        assert (pad > 0, flip) == (
+            any(isinstance(t, v2.RandomCrop) for t in transforms),
+            any(isinstance(t, v2.RandomHorizontalFlip) for t in transforms),
+        )
+        assert (recipe.policy is None) == (not any(isinstance(t, POLICIES) for t in transforms))
 
 
 def test_readme_policy_table_is_generated_from_the_tables():

@@ -1,4 +1,4 @@
-"""Every use of a private or undocumented Lightning name, in one place.
+"""Every use of a private or undocumented Lightning or torchvision name, in one place.
 
 Each helper says why Lightning's public API is not enough. `check()` lists the names that the
 installed Lightning no longer has; `tests/test_compat.py` fails with that list, so a Lightning
@@ -120,9 +120,49 @@ class CkptPathErrorsMixin(LightningCLI):
             self.check_ckpt_hparams(str(path), before)
 
 
-def check() -> list[str]:
-    """One line per private Lightning name used above that the installed Lightning lacks."""
+# -- torchvision: the device pipeline's policies read torchvision's own tables, so its draws
+# cannot drift from the loader's (`data/device_augment.py`); v2 has no public accessors for them
+
+
+def augmentation_space(policy: Any) -> dict[str, tuple[Any, bool]]:
+    """{op: (magnitudes(num_bins, height, width), signed)} of an AutoAugment-family transform."""
+    return type(policy)._AUGMENTATION_SPACE
+
+
+def autoaugment_policies(policy: Any) -> list[tuple[tuple[str, float, int | None], ...]]:
+    """AutoAugment's sub-policies: ((op, probability, magnitude bin), (op, ...))."""
+    return policy._policies
+
+
+def inverse_affine_matrix(
+    center: list[float], angle: float, translate: list[float], scale: float, shear: list[float]
+) -> list[float]:
+    """The 6 coefficients torchvision's affine/rotate kernels sample with."""
+    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+
+    return _get_inverse_affine_matrix(center, angle, translate, scale, shear)
+
+
+def _torchvision_missing() -> list[str]:
+    from torchvision.transforms import v2
+
     missing = []
+    for cls in (v2.AutoAugment, v2.RandAugment, v2.TrivialAugmentWide):
+        if not isinstance(getattr(cls, "_AUGMENTATION_SPACE", None), dict):
+            missing.append(f"torchvision.transforms.v2.{cls.__name__}._AUGMENTATION_SPACE")
+    if not isinstance(getattr(v2.AutoAugment(), "_policies", None), list):
+        missing.append("torchvision.transforms.v2.AutoAugment._policies")
+    try:
+        inverse_affine_matrix([0.0, 0.0], 0.0, [0.0, 0.0], 1.0, [0.0, 0.0])
+    except (ImportError, TypeError):
+        missing.append("torchvision.transforms.v2.functional._geometry._get_inverse_affine_matrix")
+    return missing
+
+
+def check() -> list[str]:
+    """One line per private Lightning or torchvision name used above that the installed
+    version lacks."""
+    missing = _torchvision_missing()
     if UnrepeatedDistributedSampler is None:
         missing.append("lightning.pytorch.overrides.distributed.UnrepeatedDistributedSampler")
     if not isinstance(getattr(hparams_mixin, "_given_hyperparameters", None), ContextVar):

@@ -1,24 +1,18 @@
 """Augmentation policies as tables: each dataset declares its `augment` values once.
 
-A table maps a policy name to its torchvision transforms and, where one exists, the same draws on
-the device pipeline. The allowed values (the constructor's `Literal`), the validation error,
-`--help` and the README's policy table are all generated from it.
+A table maps a policy name to its torchvision transforms. The loader runs them on each image; the
+device pipeline reads the same list and runs it batched (`device_augment.from_transforms`). The
+allowed values (the constructor's `Literal`), the validation error, `--help` and the README's
+policy table are all generated from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from torchvision.transforms import v2
-
-
-class DeviceAugment(NamedTuple):
-    """What `device_pipeline.ResidentImages` draws per image: RandomCrop(padding=pad) and flip."""
-
-    pad: int = 0
-    flip: bool = False
 
 
 @dataclass(frozen=True)
@@ -27,17 +21,17 @@ class Policy:
 
     Args:
         help: One line for `--help` and the README.
-        transforms: Builds the transforms applied to the PIL image, before ToImage/Normalize.
-        device: The same augmentation on the device pipeline; None when it has none.
+        transforms: Builds the transforms applied to the PIL image, before ToImage/Normalize:
+            RandomCrop, RandomHorizontalFlip and one AutoAugment-family policy, in that order,
+            so the device pipeline can run them too.
     """
 
     help: str
     transforms: Callable[[], list[v2.Transform]]
-    device: DeviceAugment | None = None
 
 
 Table = dict[str, Policy]
-NO_AUGMENT: Table = {"none": Policy("no augmentation", list, DeviceAugment())}
+NO_AUGMENT: Table = {"none": Policy("no augmentation", list)}
 
 
 def choices(table: Table) -> type:
@@ -53,17 +47,14 @@ def choose(table: Table, name: str, key: str = "augment") -> Policy:
 
 
 def describe(table: Table) -> str:
-    """The policies as docstring text: `"name": help; ...`, with device-pipeline support noted."""
-    return "; ".join(
-        f'"{name}": {p.help}' + ("" if p.device else " (not on the device pipeline)")
-        for name, p in table.items()
-    )
+    """The policies as docstring text: `"name": help; ...`."""
+    return "; ".join(f'"{name}": {p.help}' for name, p in table.items())
 
 
 def markdown(tables: dict[str, Table]) -> str:
     """One README table over datasets: {DataModule class name: its table}."""
-    rows = ["| DataModule | `augment` | transforms | device pipeline |", "|---|---|---|---|"]
+    rows = ["| DataModule | `augment` | transforms |", "|---|---|---|"]
     for cls, table in tables.items():
         for name, p in table.items():
-            rows.append(f"| `{cls}` | `{name}` | {p.help} | {'yes' if p.device else 'no'} |")
+            rows.append(f"| `{cls}` | `{name}` | {p.help} |")
     return "\n".join(rows)

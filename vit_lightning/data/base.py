@@ -191,5 +191,5 @@ class ImageDataModule(L.LightningDataModule):
             ds = next(
                 s for s in sets if isinstance(s, ResidentImages) and s.split == batch["split"]
             )
-            return ds.batch(batch["index"], batch.get("shift"), batch.get("flip"))
+            return ds.batch(**{k: v for k, v in batch.items() if k != "split"})
         return batch

@@ -10,7 +10,7 @@ from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity, extract_archive
 from torchvision.transforms import v2
 
-from vit_lightning.data.augment import DeviceAugment, Policy, choices, describe
+from vit_lightning.data.augment import Policy, choices, describe
 from vit_lightning.data.torchvision_base import TorchvisionDataModule, writing_into
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -26,9 +26,7 @@ def _crop_flip() -> list[v2.Transform]:
 
 # every policy starts with crop + flip, as in the ViT-for-small-datasets recipes
 AUGMENT = {
-    "none": Policy(
-        "random crop (pad 4) and horizontal flip only", _crop_flip, DeviceAugment(pad=4, flip=True)
-    ),
+    "none": Policy("random crop (pad 4) and horizontal flip only", _crop_flip),
     "autoaugment": Policy(
         "crop, flip, then AutoAugment's CIFAR-10 policy",
         lambda: [*_crop_flip(), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)],
@@ -49,12 +47,10 @@ class CIFAR10DataModule(TorchvisionDataModule):
     Args:
         data_dir: Directory holding `cifar-10-batches-py/` or `cifar-10-python.tar.gz`.
         augment: Training augmentation: {describe(AUGMENT)}.
-        random_erasing: Probability of RandomErasing on the normalised tensor (0 disables; not
-            on the device pipeline).
         resize: Upsample every image to resize x resize (bicubic) after the augmentation, e.g.
             224 to fine-tune an ImageNet ViT; None keeps 32x32. The model's img_size follows.
         **kwargs: `TorchvisionDataModule`'s arguments (download, val_size, split_seed,
-            device_pipeline) and `ImageDataModule`'s (batch_size, num_workers, ...).
+            random_erasing, device_pipeline) and `ImageDataModule`'s (batch_size, num_workers, ...).
     """
 
     dataset_cls = CIFAR10
@@ -68,7 +64,6 @@ class CIFAR10DataModule(TorchvisionDataModule):
         self,
         data_dir: str = "./data",
         augment: Augment = "none",
-        random_erasing: float = 0.0,
         resize: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -77,15 +72,7 @@ class CIFAR10DataModule(TorchvisionDataModule):
                 f"resize={resize} must be >= 1, and the device pipeline keeps 32x32: set "
                 "--data.device_pipeline=false to resize"
             )
-        if not 0.0 <= random_erasing <= 1.0:
-            raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing}")
-        if random_erasing > 0 and kwargs.get("device_pipeline"):
-            raise ValueError(
-                f"data.device_pipeline=true does crop and flip only, but random_erasing="
-                f"{random_erasing}: set --data.random_erasing=0, or --data.device_pipeline=false"
-            )
         super().__init__(data_dir=data_dir, augment=augment, **kwargs)
-        self.random_erasing = random_erasing
         self.class_names = list(CIFAR10_CLASSES)
         self.resize = resize
         if resize is not None:
@@ -96,12 +83,6 @@ class CIFAR10DataModule(TorchvisionDataModule):
         if self.resize is not None:  # on the uint8 image, before the float conversion
             resize = v2.Resize(self.resize, interpolation=v2.InterpolationMode.BICUBIC)
             transform.transforms.insert(1, resize)
-        return transform
-
-    def train_transform(self) -> v2.Transform:
-        transform = super().train_transform()
-        if self.random_erasing > 0:  # on the normalised tensor, after the policy
-            transform.transforms.append(v2.RandomErasing(p=self.random_erasing))
         return transform
 
     def find_local(self) -> bool:

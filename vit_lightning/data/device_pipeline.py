@@ -2,12 +2,15 @@
 
 For 32x32 images a DataLoader spends longer per image (PIL, per-sample transforms, collate,
 host-to-device copy) than a GPU spends training on it. Here the loader yields only indices and
-crop/flip parameters, a few bytes per image drawn batched on the CPU; the images live on the device,
-one gather does pad + crop + flip for the whole batch, and one elementwise pass normalises it.
+the augmentation's draws, a few bytes per image drawn batched on the CPU; the images live on the
+device, one gather does pad + crop + flip for the whole batch, `device_augment.Recipe` runs the
+policy (AutoAugment, RandAugment, TrivialAugmentWide) on the uint8 batch, one elementwise pass
+normalises it, and random erasing zeroes each image's box.
 
-The augmentation is torchvision's `RandomCrop(size, padding=pad)` (zero fill) followed by
+The crop is torchvision's `RandomCrop(size, padding=pad)` (zero fill) followed by
 `RandomHorizontalFlip()`: offsets uniform in [0, 2 * pad] and a fair coin per image, the same
-distribution, and for the same parameters the same float32 tensor, bit for bit.
+distribution, and for the same parameters the same float32 tensor, bit for bit; the policies
+and erasing keep torchvision's distributions and kernels (see `device_augment.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from vit_lightning.data.device_augment import Recipe
+from vit_lightning.data.device_augment import erase as erase_boxes
 from vit_lightning.data.sampling import sample_seed
 
 __all__ = ["ResidentImages", "passthrough"]
@@ -33,7 +38,8 @@ class ResidentImages(Dataset):
     """uint8 images (N, C, H, W) and labels, batched and augmented on whatever device asks.
 
     A DataLoader over this set (collate_fn=`passthrough`) yields dicts `{"split", "index"}`, plus
-    `"shift"` (B, 2) (top, left) and `"flip"` (B,) when `pad > 0` or `flip`. After the transfer,
+    `"shift"` (B, 2) (top, left) and `"flip"` (B,) when `pad > 0` or `flip`, and the recipe's
+    draws (`Recipe.draw`) when it has a policy or erasing. After the transfer,
     `batch(**that)` turns one into `(x, y)` on the index's device: x float32 normalised like
     torchvision's `ToDtype(scale=True)` + `Normalize(mean, std)`, y int64. `dataset[i]` is the
     un-augmented `(x, y)` on the CPU, as for any other data set here.
@@ -49,6 +55,7 @@ class ResidentImages(Dataset):
         flip: Random horizontal flips.
         seed: The run's seed. A batch's draws are seeded by (seed, epoch, its first and last
             index), so they are the same with any number of workers and after a resume.
+        recipe: The policy and random erasing after crop and flip; None for neither.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class ResidentImages(Dataset):
         pad: int = 0,
         flip: bool = False,
         seed: int = 0,
+        recipe: Recipe | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(
@@ -72,6 +80,7 @@ class ResidentImages(Dataset):
         self.images, self.labels = images.contiguous(), labels.long()
         self.mean, self.std = list(mean), list(std)
         self.split, self.pad, self.flip, self.seed = split, pad, flip, seed
+        self.recipe = recipe if recipe else None
         self._device_copy: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -85,13 +94,15 @@ class ResidentImages(Dataset):
         pairs = [k if isinstance(k, tuple) else (k, 0) for k in keys]
         index = torch.tensor([i for i, _ in pairs])
         out: dict[str, Any] = {"split": self.split, "index": index}
+        if not (self.pad or self.flip or self.recipe):
+            return out
+        (first, epoch), last = pairs[0], pairs[-1][0]
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, first * len(self) + last))
         if self.pad or self.flip:
-            (first, epoch), last = pairs[0], pairs[-1][0]
-            g = torch.Generator().manual_seed(
-                sample_seed(self.seed, epoch, first * len(self) + last)
-            )
             out["shift"] = torch.randint(0, 2 * self.pad + 1, (len(keys), 2), generator=g)
             out["flip"] = torch.randint(0, 2, (len(keys),), generator=g).bool() & self.flip
+        if self.recipe:
+            out.update(self.recipe.draw(len(keys), g))
         return out
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,9 +121,13 @@ class ResidentImages(Dataset):
         index: torch.Tensor,
         shift: torch.Tensor | None = None,
         flip: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+        order: torch.Tensor | None = None,
+        counts: list[list[int]] | None = None,
+        erase: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) for a batch of indices on their device; shift/flip as `__getitems__` draws them
-        (always, when pad > 0 or flip; without them the images are taken as they are)."""
+        """(x, y) for a batch of indices on their device, with the draws of `__getitems__`
+        (without them the images are taken as they are, as for eval)."""
         images, labels = self._on(index.device)
         if shift is None:
             x = images[index]
@@ -129,4 +144,9 @@ class ResidentImages(Dataset):
                 rows[:, None, :, None],
                 cols[:, None, None, :],
             ]
-        return self.normalize(x), labels[index]
+        if actions is not None and self.recipe is not None:
+            x = self.recipe.apply(x, actions, order, counts)
+        x = self.normalize(x)
+        if erase is not None:
+            x = erase_boxes(x, erase)
+        return x, labels[index]

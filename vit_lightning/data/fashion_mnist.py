@@ -15,7 +15,7 @@ import numpy as np
 from torchvision.datasets import FashionMNIST
 from torchvision.transforms import v2
 
-from vit_lightning.data.augment import DeviceAugment, Policy, choices, describe
+from vit_lightning.data.augment import Policy, choices, describe
 from vit_lightning.data.torchvision_base import TorchvisionDataModule, writing_into
 from vit_lightning.errors import DataError
 
@@ -28,14 +28,18 @@ FASHION_MNIST_CLASSES = (
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 
 AUGMENT = {
-    "none": Policy("no augmentation", list, DeviceAugment()),
-    "flip": Policy(
-        "horizontal flip", lambda: [v2.RandomHorizontalFlip()], DeviceAugment(flip=True)
-    ),
+    "none": Policy("no augmentation", list),
+    "flip": Policy("horizontal flip", lambda: [v2.RandomHorizontalFlip()]),
     "crop_flip": Policy(
         "random crop (pad 2), then horizontal flip",
         lambda: [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()],
-        DeviceAugment(pad=2, flip=True),
+    ),
+    "randaugment": Policy(
+        "horizontal flip, then RandAugment", lambda: [v2.RandomHorizontalFlip(), v2.RandAugment()]
+    ),
+    "trivialaugment": Policy(
+        "horizontal flip, then TrivialAugmentWide",
+        lambda: [v2.RandomHorizontalFlip(), v2.TrivialAugmentWide()],
     ),
 }
 Augment = choices(AUGMENT)
@@ -52,7 +56,7 @@ class FashionMNISTDataModule(TorchvisionDataModule):
         augment: Training augmentation: {describe(AUGMENT)}.
         local_dirs: Directories searched for the idx files; default Debian's install location.
         **kwargs: `TorchvisionDataModule`'s arguments (download, val_size, split_seed,
-            device_pipeline) and `ImageDataModule`'s (batch_size, num_workers, ...).
+            random_erasing, device_pipeline) and `ImageDataModule`'s (batch_size, num_workers, ...).
     """
 
     dataset_cls = FashionMNIST

@@ -24,7 +24,8 @@ from torchvision.datasets import VisionDataset
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
-from vit_lightning.data.augment import DeviceAugment, Table, choose
+from vit_lightning.data.augment import Table, choose
+from vit_lightning.data.device_augment import Recipe, from_transforms
 from vit_lightning.data.base import ImageDataModule
 from vit_lightning.data.device_pipeline import ResidentImages
 from vit_lightning.errors import DataError, DataNotFoundError
@@ -41,10 +42,12 @@ class TorchvisionDataModule(ImageDataModule):
         val_size: Training images held out for validation (seeded split).
         split_seed: Seed of the train/val split.
         augment: Training augmentation, a name from the dataset's `AUGMENT` table.
-        device_pipeline: Hold the uint8 images on the training device and crop, flip and
-            normalise them there in batches (`device_pipeline.py`); the loader then only
-            yields indices (num_workers is ignored). Only for policies the table marks as
-            supported there.
+        random_erasing: Probability of RandomErasing (torchvision's defaults, value 0) on the
+            normalised tensor, after the policy; 0 disables.
+        device_pipeline: Hold the uint8 images on the training device and run the whole
+            training augmentation there in batches, with torchvision's distributions
+            (`device_pipeline.py`, `device_augment.py`); the loader then only yields indices
+            and draws (num_workers is ignored).
         **kwargs: `ImageDataModule`'s arguments (batch_size, num_workers, ...).
     """
 
@@ -60,6 +63,7 @@ class TorchvisionDataModule(ImageDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         augment: str = "none",
+        random_erasing: float = 0.0,
         device_pipeline: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -67,18 +71,27 @@ class TorchvisionDataModule(ImageDataModule):
         if not 0 < val_size < self.train_len:
             raise ValueError(f"val_size must be in (0, {self.train_len}), got {val_size}")
         self.policy = choose(self.AUGMENT, augment)
-        if device_pipeline and self.policy.device is None:
-            supported = [n for n, p in self.AUGMENT.items() if p.device]
-            raise ValueError(
-                f"data.device_pipeline=true batches only augment={'/'.join(supported)} on the "
-                f"device, but augment={augment!r} ({self.policy.help}): set "
-                f"--data.augment={supported[0]}, or --data.device_pipeline=false"
-            )
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing}")
+        self.random_erasing = random_erasing
+        if device_pipeline:  # a transform it cannot run is a config error, found here
+            self.device_augment()
         self.data_dir, self.download = data_dir, download
         if self.root.exists() and not self.root.is_dir():  # a config error (exit 2), found early
             raise ValueError(self._not_a_dir())
         self.val_size, self.split_seed = val_size, split_seed
         self.augment, self.device_pipeline = augment, device_pipeline
+
+    def train_transform(self) -> v2.Transform:
+        transform = super().train_transform()
+        if self.random_erasing > 0:  # on the normalised tensor, after the policy
+            transform.transforms.append(v2.RandomErasing(p=self.random_erasing))
+        return transform
+
+    def device_augment(self) -> tuple[int, bool, Recipe]:
+        """(pad, flip, recipe): the training augmentation as the device pipeline runs it."""
+        size = (self.img_size, self.img_size)
+        return from_transforms(self.policy.transforms(), self.random_erasing, size)
 
     @property
     def root(self) -> Path:
@@ -184,7 +197,7 @@ class TorchvisionDataModule(ImageDataModule):
 
     def fit_datasets(self) -> tuple[Dataset, Dataset]:
         if self.device_pipeline:
-            pad, flip = self.policy.device or DeviceAugment()
+            pad, flip, recipe = self.device_augment()
             images, labels = self._resident(True)
             train_idx, val_idx = self.split_indices(len(images), self.val_size, self.split_seed)
             train_idx, val_idx = torch.tensor(train_idx), torch.tensor(val_idx)
@@ -197,6 +210,7 @@ class TorchvisionDataModule(ImageDataModule):
                 pad=pad,
                 flip=flip,
                 seed=self.seed,
+                recipe=recipe,
             )
             val = ResidentImages(images[val_idx], labels[val_idx], self.mean, self.std, "val")
             return train, val
