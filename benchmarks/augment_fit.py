@@ -39,7 +39,9 @@ def run(seeds: tuple[int, ...] = SEEDS, paths: tuple[str, ...] = tuple(PATHS)) -
 def table() -> str:
     rows = ["| Path | Test acc (mean) | Per seed | Fit wall time (mean) |", "|---|---|---|---|"]
     for path in PATHS:
-        done = [RUNS / f"{path}_s{s}" for s in SEEDS if (RUNS / f"{path}_s{s}" / "test.yaml").exists()]
+        done = [
+            RUNS / f"{path}_s{s}" for s in SEEDS if (RUNS / f"{path}_s{s}" / "test.yaml").exists()
+        ]
         if not done:
             continue
         accs = [yaml.safe_load((d / "test.yaml").read_text())["test/acc"] for d in done]

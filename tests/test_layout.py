@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from torchvision.transforms import v2
 from helpers import ROOT, SMOKE
+from torchvision.transforms import v2
 
 import vit_lightning
 from vit_lightning import data

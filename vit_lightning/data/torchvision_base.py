@@ -25,8 +25,8 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
 from vit_lightning.data.augment import Table, choose
-from vit_lightning.data.device_augment import Recipe, from_transforms
 from vit_lightning.data.base import ImageDataModule
+from vit_lightning.data.device_augment import Recipe, from_transforms
 from vit_lightning.data.device_pipeline import ResidentImages
 from vit_lightning.errors import DataError, DataNotFoundError
 
