@@ -245,3 +245,26 @@ def test_policy_and_erasing_draws_depend_on_seed_epoch_and_indices_only():
         images, torch.zeros(64), (0.0,) * 3, (1.0,) * 3, "train", 4, True, 2, recipe
     )
     assert not torch.equal(a["actions"], reseeded.__getitems__(keys)["actions"])
+
+
+def test_draws_are_the_same_with_loader_workers():
+    from torch.utils.data import DataLoader
+
+    from vit_lightning.data.device_pipeline import passthrough
+    from vit_lightning.data.sampling import ResumableSampler
+
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    recipe = Recipe(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10), 0.25, (32, 32))
+    ds = ResidentImages(
+        images, torch.zeros(64), (0.0,) * 3, (1.0,) * 3, "train", 4, True, 1, recipe
+    )
+    batches = {}
+    for workers in (0, 2):
+        sampler = ResumableSampler(ds, shuffle=True, seed=1)
+        sampler.set_epoch(3)
+        loader = DataLoader(ds, 16, sampler=sampler, num_workers=workers, collate_fn=passthrough)
+        batches[workers] = list(loader)
+    for a, b in zip(batches[0], batches[2], strict=True):
+        for k in ("index", "shift", "flip", "actions", "order", "erase"):
+            assert torch.equal(a[k], b[k]), k
+        assert a["counts"] == b["counts"]

@@ -159,9 +159,9 @@ def test_device_pipeline_trains_through_the_trainer(cifar10):
 # -- torch.compile ------------------------------------------------------------------------------
 
 
-def _tiny_net() -> VisionTransformer:
-    shape = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=4)
-    return VisionTransformer(**shape, drop_path_rate=0.1)
+def _tiny_net(img_size: int = 16, num_classes: int = 4) -> VisionTransformer:
+    shape = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    return VisionTransformer(img_size, **shape, num_classes=num_classes, drop_path_rate=0.1)
 
 
 def test_compiled_model_trains_and_checkpoints_without_orig_mod(tmp_path):
@@ -298,6 +298,25 @@ def test_training_and_logging_do_not_sync_every_step(mixup, tmp_path):
     assert -1 not in syncs.per_step
 
 
+@pytest.mark.parametrize("augment", ["autoaugment", "trivialaugment"])
+def test_the_device_pipelines_policies_do_not_sync_every_step(augment, cifar10, tmp_path):
+    torch.manual_seed(0)
+    model = ViTClassifier(_tiny_net(img_size=32, num_classes=10), warmup_epochs=0)
+    dm = CIFAR10DataModule(
+        str(cifar10.root), download=False, val_size=20, batch_size=8, augment=augment,
+        random_erasing=0.5, device_pipeline=True,
+    )  # fmt: skip
+    syncs = HostSyncs()
+    trainer = quiet_trainer(
+        max_epochs=1, log_every_n_steps=5, logger=CSVLogger(tmp_path), callbacks=[_StepTag(syncs)]
+    )
+    with syncs:
+        trainer.fit(model, dm)
+    assert trainer.global_step == 10
+    assert set(syncs.per_step) <= {4, 9}, dict(syncs.where)  # the logger's rows only
+    assert -1 not in syncs.per_step
+
+
 def test_fast_overlay_switches_on_every_fast_path(capsys, repo_root):
     from vit_lightning.cli import main
 
@@ -311,8 +330,15 @@ def test_fast_overlay_switches_on_every_fast_path(capsys, repo_root):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["model"]["compile"] is True
     data = cfg["data"]["init_args"]
-    assert data["device_pipeline"] is True and data["augment"] == "none"
-    assert cfg["model"]["mixup_alpha"] == 0.8  # the recipe underneath is kept
+    recipe = yaml.safe_load((configs / "cifar10.yaml").read_text())["data"]["init_args"]
+    assert data["device_pipeline"] is True
+    # the recipe underneath is kept: its policy, erasing and Mixup/CutMix
+    assert (data["augment"], data["random_erasing"]) == (
+        recipe["augment"],
+        recipe["random_erasing"],
+    )
+    assert data["augment"] == "autoaugment" and data["random_erasing"] > 0
+    assert cfg["model"]["mixup_alpha"] == 0.8
 
 
 def test_steps_call_self_log_only_on_logger_rows(monkeypatch, tmp_path):
@@ -365,7 +391,8 @@ def test_device_pipeline_under_ddp_counts_every_val_image_once(tmp_path, fmnist_
         "--data.download=false",
         f"--data.local_dirs=[{fmnist_idx_300}]",
         "--data.val_size=61",
-        "--data.augment=crop_flip",
+        "--data.augment=randaugment",
+        "--data.random_erasing=0.25",
         "--data.batch_size=16",
         "--data.device_pipeline=true",
         "--model.net.init_args.patch_size=7",

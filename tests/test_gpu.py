@@ -57,6 +57,27 @@ def test_device_pipeline_on_cuda_matches_cpu():
     assert x_gpu.is_cuda and torch.equal(x_gpu.cpu(), x_cpu) and torch.equal(y_gpu.cpu(), y_cpu)
 
 
+def test_device_policies_on_cuda_match_cpu():
+    from torchvision.transforms import v2
+
+    from vit_lightning.data.device_augment import Recipe
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=g)
+    for policy in (v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10), v2.TrivialAugmentWide()):
+        recipe = Recipe(policy, 0.25, (32, 32))
+        ds = ResidentImages(images, torch.zeros(256), (0.5,) * 3, (0.25,) * 3, "train", 4, True,
+                            0, recipe)  # fmt: skip
+        batch = ds.__getitems__([(i, 0) for i in range(256)])
+        draws = {k: v for k, v in batch.items() if k != "split"}
+        x_cpu, _ = ds.batch(**draws)
+        on_gpu = {k: v.cuda() if torch.is_tensor(v) else v for k, v in draws.items()}
+        x_gpu, _ = ds.batch(**on_gpu)
+        # CUDA may contract a blend's multiply-add differently: at most one grey level, rarely
+        diff = (x_gpu.cpu() - x_cpu).abs() * 0.25 * 255
+        assert diff.max() <= 1.0 + 1e-3 and (diff > 1e-3).float().mean() < 1e-3
+
+
 class _NoSyncInSteps(L.Callback):
     """CUDA raises on any host sync from a step's start to the end of its batch callbacks."""
 

@@ -168,15 +168,17 @@ def test_a_real_signal_from_outside_then_resume(straight, tmp_path, fmnist_idx_3
 
 
 def test_device_pipeline_run_resumes_bit_identical(tmp_path, fmnist_idx_300, run_cli):
-    # crop+flip drawn per batch on the host, applied on the device: still a function of
-    # (seed, epoch, indices), so a mid-epoch kill and resume replays the same augmentations
+    # flip, TrivialAugment and erasing drawn per batch on the host, applied on the device: still
+    # a function of (seed, epoch, indices), so a mid-epoch kill and resume replays the same draws
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    device, every = "--data.device_pipeline=true", "--last_checkpoint.every_n_train_steps=3"
+    device = ("--data.device_pipeline=true", "--data.augment=trivialaugment",
+              "--data.random_erasing=0.25")  # fmt: skip
+    every = "--last_checkpoint.every_n_train_steps=3"
     for root in (straight, resumed):
         _config(root, fmnist_idx_300)
-    assert (proc := run_cli(*_fit(straight, device))).returncode == 0, proc.stderr[-3000:]
-    first = run_cli(*_fit(resumed, device, every, *signal_at(11, "SIGKILL")))
+    assert (proc := run_cli(*_fit(straight, *device))).returncode == 0, proc.stderr[-3000:]
+    first = run_cli(*_fit(resumed, *device, every, *signal_at(11, "SIGKILL")))
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    again = run_cli(*_fit(resumed, device, every, "--ckpt_path=last"))
+    again = run_cli(*_fit(resumed, *device, every, "--ckpt_path=last"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _assert_same_run(resumed, straight) > 0
