@@ -135,7 +135,13 @@ class Recipe:
             # (ops, bins, 2): the action for each op, bin and sign
             self.grid = torch.tensor([[self._pair(name, b, bins) for b in pick] for name in space])
             self.slots = policy.num_ops if isinstance(policy, v2.RandAugment) else 1
-        self._tables = self.actions.tables(h, w)
+        self._tables = {
+            **self.actions.tables(h, w),
+            "base": _base_grid(h, w),
+            "half": torch.tensor([0.5 * w, 0.5 * h]),
+            # torchvision's sharpness kernel: 1s around a 5, normalised (a, b = 1/13, 5/13)
+            "blur": torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0,
+        }
         self._device_tables: dict[str, torch.Tensor] | None = None
 
     def _pair(self, name: str, idx: int | None, bins: int) -> list[int]:
@@ -283,29 +289,28 @@ def _gray(img: torch.Tensor) -> torch.Tensor:
     return TF.rgb_to_grayscale(img).float() if img.shape[1] == 3 else img.float()
 
 
+def _base_grid(h: int, w: int) -> torch.Tensor:
+    """torchvision's `_affine_grid` base: pixel centres relative to the image centre, (1, HW, 3)."""
+    base = torch.empty(1, h, w, 3)
+    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w))
+    base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h)[:, None])
+    base[..., 2].fill_(1)
+    return base.view(1, h * w, 3)
+
+
 def _affine(img: torch.Tensor, a: torch.Tensor, t: dict) -> torch.Tensor:
     """torchvision's `_affine_grid` + `_apply_grid_transform` (nearest, zero fill), batched."""
     n, _, h, w = img.shape
-    dev = img.device
-    base = torch.empty(1, h, w, 3, device=dev)
-    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=dev))
-    base[..., 1].copy_(
-        torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=dev)[:, None]
-    )
-    base[..., 2].fill_(1)
-    theta = t["theta"][a].transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h], device=dev)
-    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(theta).view(n, h, w, 2)
-    out = F.grid_sample(
-        img.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
+    theta = t["theta"][a].transpose(1, 2) / t["half"]  # (n, 3, 2), torchvision's rescaled theta
+    grid = t["base"].expand(n, -1, -1).bmm(theta).view(n, h, w, 2)
+    out = F.grid_sample(img.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
 
 
 def _sharpness(img: torch.Tensor, a: torch.Tensor, t: dict) -> torch.Tensor:
     c = img.shape[1]
-    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=img.device) / 13.0
     out = img.float()
-    blurred = F.conv2d(out, k.expand(c, 1, 3, 3), groups=c).round_()
+    blurred = F.conv2d(out, t["blur"].expand(c, 1, 3, 3), groups=c).round_()
     view = out[..., 1:-1, 1:-1]
     view.addcmul_(blurred.sub_(view), t["rest"][a].view(-1, 1, 1, 1))  # borders stay as they are
     return out.clamp_(0, 255).to(torch.uint8)
