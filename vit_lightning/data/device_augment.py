@@ -303,7 +303,9 @@ def _affine(img: torch.Tensor, a: torch.Tensor, t: dict) -> torch.Tensor:
     n, _, h, w = img.shape
     theta = t["theta"][a].transpose(1, 2) / t["half"]  # (n, 3, 2), torchvision's rescaled theta
     grid = t["base"].expand(n, -1, -1).bmm(theta).view(n, h, w, 2)
-    out = F.grid_sample(img.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        img.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
     return out.round_().to(torch.uint8)
 
 
