@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from helpers import smoke_args
 from helpers.trainer import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
@@ -134,6 +135,19 @@ def test_device_pipeline_refuses_transforms_it_cannot_batch(cifar10, monkeypatch
     monkeypatch.setattr(CIFAR10DataModule, "AUGMENT", bilinear)
     with pytest.raises(ValueError, match="nearest interpolation and zero fill"):
         CIFAR10DataModule(str(cifar10.root), augment="ta", device_pipeline=True)
+
+
+def test_the_sweeps_augment_values_run_on_both_paths(cifar10, repo_root):
+    sweep = yaml.safe_load((repo_root / "configs" / "sweeps" / "cifar10.yaml").read_text())
+    values = sweep["parameters"]["data.init_args.augment"]["values"]
+    assert len(values) >= 3
+    for augment in values:
+        for device_pipeline in (False, True):
+            dm = _dm(
+                cifar10.root, augment=augment, random_erasing=0.25, device_pipeline=device_pipeline
+            )
+            x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+            assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (8,)
 
 
 def test_device_pipeline_trains_through_the_trainer(cifar10):
@@ -325,7 +339,6 @@ def test_fast_overlay_switches_on_every_fast_path(capsys, repo_root):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(configs / "cifar10.yaml"), *overlay, "--print_config"])
     assert exit_info.value.code == 0
-    import yaml
 
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["model"]["compile"] is True

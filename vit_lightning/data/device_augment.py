@@ -117,6 +117,8 @@ class Recipe:
             )
         self.policy, self.erasing, self.size = policy, float(erasing), size
         self.actions, self.slots = Actions(), 0
+        self.sub: torch.Tensor | None = None  # AutoAugment's sub-policies
+        self.grid: torch.Tensor | None = None  # RandAugment's / TrivialAugmentWide's op x bin
         h, w = size
         if isinstance(policy, v2.AutoAugment):
             # (25 sub-policies, 2 slots): [action if positive, action if negated, probability]
@@ -164,7 +166,7 @@ class Recipe:
         out: dict[str, Any] = {}
         if self.slots:
             sign = torch.rand(n, self.slots, generator=g, dtype=torch.float64) <= 0.5
-            if hasattr(self, "sub"):  # AutoAugment: one sub-policy, each op with its probability
+            if self.sub is not None:  # AutoAugment: one sub-policy, each op with its probability
                 sub = self.sub[torch.randint(len(self.sub), (n,), generator=g)]  # (n, 2, 3)
                 on = torch.rand(n, 2, generator=g, dtype=torch.float64) <= sub[..., 2]
                 act = torch.where(sign, sub[..., 1], sub[..., 0]).long() * on
