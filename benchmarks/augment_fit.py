@@ -19,7 +19,7 @@ from benchmarks.common import ROOT
 from benchmarks.transfer import SAVE_TEST, cli_run
 
 RUNS = ROOT / "runs" / "augment_fit"
-EPOCHS, SEEDS = 5, (0, 1)
+EPOCHS, SEEDS = 5, (0, 1, 2)
 PATHS = {"torchvision": "false", "device": "true"}
 
 
