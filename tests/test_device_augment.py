@@ -90,13 +90,13 @@ def _theirs(policy, n: int, hw: tuple[int, int]) -> list[tuple[tuple[str, float]
 def _ours(recipe: Recipe, n: int) -> list[tuple[tuple[str, float], ...]]:
     draws = recipe.draw(n, torch.Generator().manual_seed(1))
     names = recipe.actions.names
+    # AutoAugment skips an op it does not apply (our identity row); the others apply
+    # "Identity" as an op of their own
+    skipped = {("Identity", 0.0)} if isinstance(recipe.policy, v2.AutoAugment) else set()
     out = []
     for row in draws["actions"].tolist():
         ops = [(names[a][0], round(names[a][1], 5)) for a in row]
-        # AutoAugment skips an op it does not apply (our identity row); the others apply
-        # "Identity" as an op of their own
-        out.append(tuple(o for o in ops if o != ("Identity", 0.0) or recipe.slots != 2 or
-                         not isinstance(recipe.policy, v2.AutoAugment)))  # fmt: skip
+        out.append(tuple(o for o in ops if o not in skipped))
     return out
 
 

@@ -18,7 +18,6 @@ float32 inverse matrices, which are computed by torchvision's own `_get_inverse_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +36,6 @@ AFFINE = range(1, 6)
 POLICIES = (v2.AutoAugment, v2.RandAugment, v2.TrivialAugmentWide)
 
 
-@dataclass
 class Actions:
     """Every (op, magnitude) a policy can apply, with what its batched kernel needs.
 
@@ -47,15 +45,15 @@ class Actions:
     pixel value it inverts.
     """
 
-    names: list[tuple[str, float]] = field(default_factory=lambda: [("Identity", 0.0)])
-    index: dict[tuple[str, float], int] = field(default_factory=lambda: {("Identity", 0.0): 0})
+    def __init__(self) -> None:
+        self.index: dict[tuple[str, float], int] = {("Identity", 0.0): 0}  # row by (op, m)
+
+    @property
+    def names(self) -> list[tuple[str, float]]:
+        return list(self.index)  # rows in order: a dict keeps insertion order
 
     def add(self, name: str, magnitude: float) -> int:
-        key = (name, magnitude)  # -0.0 == 0.0: one row
-        if key not in self.index:
-            self.index[key] = len(self.names)
-            self.names.append(key)
-        return self.index[key]
+        return self.index.setdefault((name, magnitude), len(self.index))  # -0.0 == 0.0: one row
 
     def tables(self, h: int, w: int) -> dict[str, torch.Tensor]:
         op = torch.tensor([OPS.index(n) for n, _ in self.names])
