@@ -2,6 +2,7 @@
 of checkpoints, fails clearly when it does not fit the data, and resumes bit-exact."""
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from lightning.pytorch.callbacks import Callback
 from test_resume import _assert_same_run, _config, _fit
 
 from vit_lightning.cli import main
-from vit_lightning.distill import distillation_loss
+from vit_lightning.distill import distillation_loss, load_teacher
+from vit_lightning.errors import ConfigError
+from vit_lightning.module import ViTClassifier
+from vit_lightning.teachers import ConvNet
 from vit_lightning.vit import VisionTransformer
 
 QUICK = ["--trainer.max_epochs=1", "--data.train_size=128", "--data.val_size=64"]
@@ -194,3 +198,33 @@ def test_distillation_under_ddp(tmp_path, run_cli):
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] > 0 and not any("teacher" in k for k in saved["state_dict"])
+
+
+def test_a_teacher_without_weights_is_refused_before_anything_is_written(tmp_path, capsys):
+    teacher = ["--model.teacher=vit_lightning.teachers.ConvNet", "--model.distillation=hard"]
+    teacher.append("--model.teacher.init_args.in_chans=3")
+    with pytest.raises(SystemExit) as exc:  # W&B on (smoke.yaml's logger): no run may be left
+        main(smoke_args("fit", tmp_path, *QUICK, *teacher))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    line = [ln for ln in err.splitlines() if "model.teacher_checkpoint" in ln]
+    assert len(line) == 1 and "model.teacher (ConvNet)" in line[0], err
+    assert "model.teacher_checkpoint=none" in line[0]  # how to opt in to a random teacher
+    assert os.listdir(tmp_path) == []  # no config.yaml, no wandb/, no checkpoints/
+
+
+class OwnWeights(ConvNet):
+    has_weights = True  # e.g. loads a pretrained file in its constructor
+
+
+def test_a_random_teacher_is_an_explicit_choice_and_a_teacher_may_bring_its_own_weights():
+    net = VisionTransformer(img_size=32, num_classes=10, **TEACHER)
+    for teacher, checkpoint in ((ConvNet(in_chans=3), "none"), (OwnWeights(in_chans=3), None)):
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        ViTClassifier(net, teacher=teacher, teacher_checkpoint=checkpoint, distillation="soft")
+        assert load_teacher(teacher, checkpoint) is teacher  # no file named "none" is read
+        assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    for checkpoint in (None, ""):
+        with pytest.raises(ConfigError, match="model.teacher_checkpoint=none"):
+            ViTClassifier(net, teacher=ConvNet(in_chans=3), teacher_checkpoint=checkpoint,
+                          distillation="hard")  # fmt: skip

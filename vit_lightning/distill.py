@@ -3,6 +3,11 @@
 The teacher is any classifier. It is frozen, in eval mode, runs without grad on the student's
 (mixed) batch under the same autocast, and is not a submodule of the LightningModule: it stays
 out of checkpoints and out of DDP, and every run loads it from `model.teacher_checkpoint`.
+
+A teacher must have weights, since distilling from random ones trains the student toward noise
+without a word: `model.teacher_checkpoint` names them, `none` opts in to the teacher's initial
+(random) weights on purpose, and a teacher class that loads its own weights in its constructor
+says so with `has_weights = True`. Anything else is a ConfigError at construction.
 """
 
 from __future__ import annotations
@@ -12,12 +17,27 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vit_lightning.errors import UserError
+from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.pretrained import read_state_dict
 
 Distillation = Literal["none", "soft", "hard"]
+RANDOM_TEACHER = "none"  # model.teacher_checkpoint=none: the teacher's initial weights, on purpose
+
+
+def check_teacher_weights(teacher: nn.Module, checkpoint: str | None) -> None:
+    """A teacher with no weights (no checkpoint, none of its own, no opt-in) is refused at once,
+    before config.yaml or a W&B run is written."""
+    if not checkpoint and not getattr(teacher, "has_weights", False):
+        raise ConfigError(
+            f"model.teacher ({type(teacher).__name__}) has no weights, and distilling from "
+            "random ones teaches noise: set model.teacher_checkpoint to its state_dict file or "
+            "a .ckpt of this template (e.g. the teacher run's checkpoints/last.ckpt), or "
+            f"model.teacher_checkpoint={RANDOM_TEACHER} to distil from its random initial "
+            "weights on purpose"
+        )
 
 
 def check_teacher(teacher: nn.Module, student: nn.Module) -> None:
@@ -44,7 +64,12 @@ def check_teacher(teacher: nn.Module, student: nn.Module) -> None:
 
 def load_teacher(teacher: nn.Module, checkpoint: str | None) -> nn.Module:
     """The teacher with its weights (a state_dict file or a template .ckpt), frozen, in eval."""
-    if checkpoint:
+    if checkpoint == RANDOM_TEACHER:
+        rank_zero_info(
+            f"model.teacher_checkpoint={RANDOM_TEACHER}: distilling from "
+            f"{type(teacher).__name__}'s random initial weights, as asked"
+        )
+    elif checkpoint:
         sd = read_state_dict(Path(checkpoint), what="model.teacher_checkpoint")
         try:
             teacher.load_state_dict(sd)

@@ -14,7 +14,13 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vit_lightning import compat
-from vit_lightning.distill import Distillation, check_teacher, distillation_loss, load_teacher
+from vit_lightning.distill import (
+    Distillation,
+    check_teacher,
+    check_teacher_weights,
+    distillation_loss,
+    load_teacher,
+)
 from vit_lightning.finetune import Freeze, check_layer_decay, param_groups
 from vit_lightning.finetune import freeze as freeze_layers
 from vit_lightning.pretrained import load_pretrained
@@ -63,7 +69,9 @@ class ViTClassifier(L.LightningModule):
         teacher: Knowledge distillation's teacher (DeiT), any classifier of the data's input
             and classes, e.g. `vit_lightning.teachers.ResNet`. Frozen, in eval mode, not saved
             in checkpoints (see `vit_lightning.distill`).
-        teacher_checkpoint: The teacher's weights: a state_dict file or a template `.ckpt`.
+        teacher_checkpoint: The teacher's weights: a state_dict file or a template `.ckpt`;
+            "none" distils from its random initial weights on purpose. Required unless the
+            teacher loads its own weights and says so (`has_weights = True`).
         distillation: "none", "soft" (KL at temperature distillation_tau) or "hard" (the
             teacher's argmax, DeiT's best). It trains the distillation head of a distilled
             student (`VisionTransformerDistilled`), else the class token's logits.
@@ -139,6 +147,7 @@ class ViTClassifier(L.LightningModule):
         self.net = net
         self.pretrained_loaded = False  # see setup
         if teacher is not None:
+            check_teacher_weights(teacher, teacher_checkpoint)
             check_teacher(teacher, net)
             if hasattr(net, "set_distilled_training"):
                 net.set_distilled_training(True)  # training returns (logits, logits_dist)
