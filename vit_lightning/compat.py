@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.core.mixins import hparams_mixin
 
@@ -44,6 +45,15 @@ def dump_checkpoint(trainer: L.Trainer, weights_only: bool | None = None) -> dic
     `save_checkpoint` builds it and saves in one call, with no public way to get the dict alone.
     """
     return trainer._checkpoint_connector.dump_checkpoint(weights_only)
+
+
+def disable_version_counter(callback: ModelCheckpoint) -> None:
+    """Make `callback` overwrite a file of the name it saves to instead of adding `-v1`.
+
+    A resumed fit saves again files that its dead attempt wrote (`Trainer.fit` says why);
+    `enable_version_counter` is a constructor argument only, with no public setter.
+    """
+    callback._enable_version_counter = False
 
 
 def _batch_progress(trainer: L.Trainer) -> Any:
@@ -167,6 +177,8 @@ def check() -> list[str]:
         missing.append("lightning.pytorch.overrides.distributed.UnrepeatedDistributedSampler")
     if not isinstance(getattr(hparams_mixin, "_given_hyperparameters", None), ContextVar):
         missing.append("lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters")
+    if not isinstance(getattr(ModelCheckpoint(), "_enable_version_counter", None), bool):
+        missing.append("lightning.pytorch.callbacks.ModelCheckpoint._enable_version_counter")
     if not callable(getattr(LightningCLI, "_parse_ckpt_path", None)):
         missing.append("lightning.pytorch.cli.LightningCLI._parse_ckpt_path")
     log = logging.getLogger("lightning.pytorch")
