@@ -274,6 +274,67 @@ def test_files_of_other_types_are_named_in_a_warning(tmp_path):
     assert len(paths) == 7 and str(root / "train" / "dog" / "more" / "deep.png") in paths
 
 
+def _real(paths: list[str]) -> list[str]:
+    return [os.path.realpath(p) for p in paths]
+
+
+def test_a_link_loop_or_a_second_link_is_followed_once_and_keeps_the_labels(tmp_path):
+    root = _tree(tmp_path, {"train": 5}, classes=("bird", "cat"))
+    bird = root / "train" / "bird"
+    (bird / "loop").symlink_to("..")  # back up to train/: would reach cat's images as birds
+    (bird / "self").symlink_to(".")
+    os.link(bird / "00.png", bird / "zz.png")  # one file under two names: the first is read
+    dm = _dm(root, val_fraction=0.2)
+    with pytest.warns(UserWarning) as record:
+        dm.setup("fit")
+    files = dm.train_set.files + dm.val_set.files
+    for label, name in enumerate(("bird", "cat")):
+        real = _real([p for p, y in files if y == label])
+        assert sorted(real) == sorted(_real(sorted(map(str, (root / "train" / name).glob("0?.*")))))
+    assert not set(_real(_val_files(dm))) & set(_real([p for p, _ in dm.train_set.files]))
+    said = " ".join(str(w.message) for w in record)
+    for name in ("bird/loop", "bird/self", "bird/zz.png"):
+        assert name in said  # the links not followed, and the second name, are named
+
+
+def _class_link(root: Path) -> tuple[Path, Path]:
+    (root / "train" / "bird" / "cats").symlink_to("../cat")  # a class folder inside another
+    return root / "train" / "bird" / "cats" / "00.png", root / "train" / "cat" / "00.png"
+
+
+def _train_into_val(root: Path) -> tuple[Path, Path]:
+    (root / "train" / "bird" / "more").symlink_to("../../val/bird")
+    return root / "train" / "bird" / "more" / "00.png", root / "val" / "bird" / "00.png"
+
+
+def _hard_link(root: Path) -> tuple[Path, Path]:
+    os.link(root / "train" / "cat" / "01.JPG", root / "train" / "bird" / "zz.jpg")
+    return root / "train" / "bird" / "zz.jpg", root / "train" / "cat" / "01.JPG"
+
+
+def _file_link(root: Path) -> tuple[Path, Path]:
+    (root / "train" / "bird" / "zz.png").symlink_to("../cat/00.png")
+    return root / "train" / "bird" / "zz.png", root / "train" / "cat" / "00.png"
+
+
+def _file_link_into_test(root: Path) -> tuple[Path, Path]:
+    (root / "test" / "cat" / "zz.png").symlink_to("../../train/cat/00.png")
+    return root / "test" / "cat" / "zz.png", root / "train" / "cat" / "00.png"
+
+
+@pytest.mark.parametrize(
+    "link", [_class_link, _train_into_val, _hard_link, _file_link, _file_link_into_test]
+)
+def test_one_file_in_two_classes_or_two_splits_is_refused_naming_both(tmp_path, link):
+    root = _tree(tmp_path, {"train": 3, "val": 2, "test": 2}, classes=("bird", "cat"))
+    paths = link(root)
+    for stage in ("fit", "test"):
+        with pytest.raises(DataError) as err:
+            _dm(root).setup(stage)
+        msg = str(err.value)
+        assert all(str(p) in msg for p in paths) and "link" in msg, msg
+
+
 def test_test_reads_root_test_and_without_it_says_what_to_do(tmp_path):
     root = _tree(tmp_path, {"train": 2, "test": 2})
     dm = _dm(root)

@@ -36,6 +36,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = v2.InterpolationMode.BICUBIC  # timm's ViT configs; predict_dir's PIL resize too
 FORMATS = ("PNG", "JPEG", "MPO")  # what PIL calls the files decode_image reads; MPO: camera JPEGs
 FIX = "Delete them or re-export them as PNG/JPEG, then rerun."
+SPLITS = ("train", "val", "test")
 
 
 def _crop_flip(size: int) -> list[v2.Transform]:
@@ -172,35 +173,68 @@ class ImageFolderDataModule(ImageDataModule):
 
     # -- files, read at setup -----------------------------------------------------------------
 
-    def _files(self, split: str) -> list[list[str]]:
-        """Each class's image paths under root/split, sorted; other files are named in a warning."""
-        folder, per_class, other = self.root / split, [], []
-        for name in self.class_names:
-            images = []
-            for path in _walk(folder / name):
-                is_image = path.lower().endswith(IMAGE_SUFFIXES)
-                (images if is_image else other).append(os.path.relpath(path, folder))
-            if not images:
-                raise DataError(
-                    f"class folder {folder / name} holds no {'/'.join(IMAGE_SUFFIXES)} image: "
-                    "add images, or remove the class from train/, val/ and test/ alike."
-                )
-            per_class.append([str(folder / p) for p in images])
-        loose = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-        other += [f"{n} (not in a class folder)" for n in sorted(loose)]
-        if other:
-            rank_zero_warn(f"{folder}: skipping {_listing(other)}; not {'/'.join(IMAGE_SUFFIXES)}")
-        return per_class
+    def _files(self, *wanted: str) -> dict[str, list[list[str]]]:
+        """Each wanted split's per-class image paths, sorted; other files are named in a warning.
+
+        Every split folder is listed, wanted or not, to tell one file (by device and inode, so
+        through any symlink or hard link) from another: a file in two classes or two splits
+        would be labelled twice or leak into evaluation, and is refused; a file under two names
+        in one class is read once.
+        """
+        owner: dict[tuple[int, int], tuple[str, str]] = {}  # file id -> (first path, split/class)
+        found, clashes, skipped, empty = {}, [], [], []
+        for split in (s for s in SPLITS if (self.root / s).is_dir()):
+            folder, per_class, other = self.root / split, [], []
+            for name in self.class_names:
+                images, where = [], f"{split}/{name}"
+                for path in _walk(folder / name, skipped):
+                    if not path.lower().endswith(IMAGE_SUFFIXES):
+                        other.append(os.path.relpath(path, folder))
+                        continue
+                    key = _file_id(path)
+                    first, first_where = owner.setdefault(key, (path, where)) if key else (path, "")
+                    if first == path:
+                        images.append(path)
+                    elif first_where == where:
+                        skipped.append(f"{path} (the file {first} again)")
+                    else:
+                        clashes.append(f"{first} ({first_where}) and {path} ({where})")
+                if split in wanted and not images:
+                    empty.append(folder / name)
+                per_class.append(images)
+            if split not in wanted:
+                continue
+            found[split] = per_class
+            loose = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+            other += [f"{n} (not in a class folder)" for n in sorted(loose)]
+            if other:
+                suffixes = "/".join(IMAGE_SUFFIXES)
+                rank_zero_warn(f"{folder}: skipping {_listing(other)}; not {suffixes}")
+        if clashes:
+            raise DataError(
+                f"{len(clashes)} image file(s) under {self.root} are one file in two classes or "
+                f"two splits, through a symlink or a hard link: {_listing(clashes, 3)}. One image "
+                "would get two labels, or be evaluated on after training on it. Remove the link "
+                "(or the class folder linked into another), so each image is in one class folder "
+                "of one split."
+            )
+        if empty:  # after the clashes: a class linked into another's folder looks empty
+            raise DataError(
+                f"class folder {empty[0]} holds no {'/'.join(IMAGE_SUFFIXES)} image: add "
+                "images, or remove the class from train/, val/ and test/ alike."
+            )
+        if skipped:
+            rank_zero_warn(f"{self.root}: read once, not again: {_listing(skipped)}")
+        return found
 
     def _dataset(self, per_class: list[list[str]], transform: v2.Transform) -> ImageFiles:
         files = [(p, label) for label, paths in enumerate(per_class) for p in paths]
         return ImageFiles(files, self.in_chans, transform)
 
     def fit_datasets(self) -> tuple[Dataset, Dataset]:
-        train = self._files("train")
-        if (self.root / "val").is_dir():
-            val = self._files("val")
-        else:
+        files = self._files("train", "val")
+        train, val = files["train"], files.get("val")
+        if val is None:
             train, val = stratified_split(train, self.val_fraction, self.split_seed)
         check_headers([p for paths in train + val for p in paths], self.root)
         train_set = self._dataset(train, self.train_transform())
@@ -213,7 +247,7 @@ class ImageFolderDataModule(ImageDataModule):
                 "read root/test/<class>/<images>. Add that folder, run `validate` for the "
                 "val split's metrics, or set --data.predict_dir to a folder of images."
             )
-        test = self._files("test")
+        test = self._files("test")["test"]
         check_headers([p for paths in test for p in paths], self.root)
         return self._dataset(test, self.eval_transform())
 
@@ -238,13 +272,41 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _walk(folder: Path) -> list[str]:
-    """Every file under folder, sorted by path, hidden ones (e.g. .DS_Store) left out."""
-    found = []
+def _walk(folder: Path, skipped: list[str]) -> list[str]:
+    """Every file under folder, sorted by path, hidden ones (e.g. .DS_Store) left out.
+
+    Symlinked folders are followed, each real folder once: a link to a folder read already, or
+    to one holding this folder (a loop, e.g. `loop -> ..`), is not followed and is named in
+    `skipped`. A real folder goes before a link to it, whatever their names.
+    """
+    top = os.path.realpath(folder)
+    read, found = {top}, []
     for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends in this order
+        keep = []
+        visible = sorted(d for d in dirs if not d.startswith("."))
+        for d in sorted(visible, key=lambda d: os.path.islink(os.path.join(parent, d))):
+            path = os.path.join(parent, d)
+            real = os.path.realpath(path)
+            if os.path.commonpath([top, real]) == real:
+                skipped.append(f"{path} (a link to {real}, which holds it: a loop)")
+            elif real in read:
+                skipped.append(f"{path} (a link to {real}, read already)")
+            else:
+                read.add(real)
+                keep.append(d)
+        dirs[:] = sorted(keep)  # os.walk descends in this order
         found += [os.path.join(parent, f) for f in sorted(files) if not f.startswith(".")]
     return found
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file a path reaches; None for a broken link (check_headers names
+    it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def stratified_split(
