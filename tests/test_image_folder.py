@@ -14,6 +14,7 @@ import yaml
 from helpers import ROOT
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from vit_lightning.cli import ViTLightningCLI, main
 from vit_lightning.data import (
@@ -21,7 +22,9 @@ from vit_lightning.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageFolderDataModule,
+    ImageFolderFlat,
 )
+from vit_lightning.data.image_folder import ImageFiles
 from vit_lightning.errors import DataError, DataNotFoundError
 
 CLASSES = ("bird", "cat", "dog")  # written in another order below: the sorted names are the classes
@@ -350,6 +353,27 @@ def test_test_reads_root_test_and_without_it_says_what_to_do(tmp_path):
         msg = str(err.value)
         assert f"{tmp_path / 'b' / 'test'} not found" in msg
         assert "validate" in msg and "--data.predict_dir" in msg
+
+
+def test_exif_orientation_is_applied_in_training_and_in_predict_dir(tmp_path):
+    # a camera's portrait shot: landscape pixels plus an EXIF tag saying how to turn them
+    rng = np.random.default_rng(0)
+    pixels = Image.fromarray(rng.integers(0, 255, (8, 12, 3), dtype=np.uint8))  # 12 wide, 8 high
+    turns = {6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}  # PIL's exif_transpose
+    for tag, suffix in ((6, ".jpg"), (8, ".png")):
+        exif = Image.Exif()
+        exif[0x0112] = tag  # Orientation
+        path = tmp_path / f"turned{suffix}"
+        pixels.save(path, exif=exif, quality=95)
+        with Image.open(path) as im:
+            upright = im.transpose(turns[tag]).convert("RGB")  # the same decode, turned
+        x, _ = ImageFiles([(str(path), 0)], 3, lambda t: t)[0]  # the image-folder path
+        assert torch.equal(x, torch.from_numpy(np.asarray(upright)).permute(2, 0, 1))
+        flat = tmp_path / f"predict{tag}"
+        flat.mkdir()
+        path.rename(flat / path.name)
+        x, _ = ImageFolderFlat(flat, "RGB", 6, v2.PILToTensor())[0]  # the predict_dir path
+        assert torch.equal(x, v2.functional.pil_to_tensor(upright.resize((6, 6), Image.BICUBIC)))
 
 
 # -- resume -------------------------------------------------------------------------------------

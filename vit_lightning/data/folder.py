@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -60,6 +60,7 @@ class ImageFolderFlat(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with Image.open(self.paths[i]) as im:
+            im = ImageOps.exif_transpose(im)  # a camera's portrait shot, upright as trained
             im = im.convert(self.mode).resize((self.img_size, self.img_size), Image.BICUBIC)
         return self.transform(im), -1
 

@@ -75,7 +75,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.files[i]
         try:
-            image = decode_image(path, mode=self.mode)  # (C, H, W)
+            image = decode_image(path, mode=self.mode, apply_exif_orientation=True)  # (C, H, W)
         except RuntimeError as e:  # truncated or corrupt pixel data: the header check passed
             why = re.sub(r"^.*\.cpp:\d+, ", "", str(e))  # drop the C++ source location
             raise DataError(f"Cannot decode {path} ({why}). {FIX}") from e
@@ -88,7 +88,7 @@ class ImageFolderDataModule(ImageDataModule):
     __doc__ = f"""Your own images in `root/{{train,val,test}}/<class>/` (PNG/JPEG, any sizes).
 
     Eval images are squashed to img_size x img_size (bicubic), as `predict_dir` images are; the
-    crop policies crop the full image, then resize. EXIF orientation is not applied (nor there).
+    crop policies crop the full image, then resize. EXIF orientation is applied (there too).
     Without `root/val/`, each class gives round(val_fraction * n) of its n images (at least 1,
     and never its last) to validation, drawn by `split_seed` from the sorted file paths: the
     same split for the same seed and files, whatever order the filesystem lists them in.
