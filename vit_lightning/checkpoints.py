@@ -3,7 +3,8 @@
 - `CHECKPOINT_DIR`, `LAST_CHECKPOINT`, `checkpoint_dir`: the folder and file names, defined once.
 - `newest_checkpoint`, `best_checkpoint`: what `--ckpt_path=last` and `=best` load, in a local
   folder or an fsspec URL (`s3://...`).
-- `AtomicCheckpointIO`: checkpoint files that are either complete or absent.
+- `AtomicCheckpointIO`: checkpoint files that are either complete or absent; `write_file` and
+  `temp_path` do the same for the run's other files (config.yaml, predictions).
 - `remove_stale_temp_files`: what a killed save left behind.
 - `corrupt_checkpoint`, `disk_full`: the errors that name the file and the way out.
 """
@@ -108,8 +109,32 @@ def _host() -> str:
     return re.sub(r"[^\w.-]", "_", socket.gethostname())
 
 
-def _temp_path(path: Path) -> Path:
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before `os.replace` moves it into place: a hidden file beside it
+    that `remove_stale_temp_files` recognises once its process has died."""
     return path.with_name(f".{path.name}.tmp{os.getpid()}@{_host()}")
+
+
+def write_file(path: str | Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a reader sees the old file or the new one, never half.
+
+    A local file is written to `temp_path`, fsynced and renamed over `path`; a remote one (an
+    fsspec URL) is one object, which the store writes whole.
+    """
+    if not is_local(path):
+        get_filesystem(str(path)).pipe_file(str(path), data)
+        return
+    path = _local(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
@@ -148,7 +173,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(path.parent)
-        tmp = _temp_path(path)
+        tmp = temp_path(path)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)

@@ -30,7 +30,8 @@ Other wiring:
   full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
 - a fit that resumes keeps its W&B run (the id is persisted in default_root_dir), a fresh fit
   gets a new one; a W&B sweep agent's WANDB_RUN_ID always wins;
-- the saved config.yaml may be overwritten, so a requeued run can write into the same directory;
+- only a fit writes `<default_root_dir>/config.yaml` (whatever the logger), once training has
+  started; a resumed fit rewrites it, and every subcommand accepts it as `--config`;
 - a `UserError` (e.g. a corrupt checkpoint, a NaN loss) prints one line and exits 1; a
   `ConfigError` (a setting that cannot work) or Lightning's MisconfigurationException, 2.
 """
@@ -40,6 +41,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import Any
 
 import lightning as L
 import yaml
@@ -64,6 +66,7 @@ from vit_lightning.checkpoints import (
     checkpoint_dir,
     is_local,
     newest_checkpoint,
+    write_file,
 )
 from vit_lightning.compat import CkptPathErrorsMixin
 from vit_lightning.data import ImageDataModule
@@ -77,6 +80,7 @@ from vit_lightning.startup import (
     check_accelerator,
     check_checkpoint_file,
     check_config_files,
+    check_logger_packages,
     check_run_dir,
     conflict_error,
     hparam_conflicts,
@@ -89,13 +93,24 @@ LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Saves config.yaml, and also sends the whole resolved config to every logger (e.g. W&B)."""
+    """Sends the whole resolved config to every logger (e.g. W&B) at setup, for every subcommand,
+    and writes a fit's `<default_root_dir>/config.yaml` once training starts.
 
-    run_ids: list[tuple[str, str]] = []  # (default_root_dir, W&B run id) for `save_run_id`
+    Only a fit writes the file (validate, test and predict leave the fit's alone), and only once
+    it has really started: a run that fails while loading weights, a teacher or the data leaves
+    the file as it was. It always goes to default_root_dir, whatever the logger (Lightning's own
+    callback writes into `trainer.log_dir`, a CSV or TensorBoard logger's version folder). It
+    holds the settings as given (`run_config`), not what the CLI filled in for this one run
+    (the W&B run id, `loader_seed`, the resolved `ckpt_path`), so every subcommand accepts it and
+    a new run started from it is a new run.
+    """
+
+    def __init__(self, parser: Any, config: Any, config_filename: str = "config.yaml") -> None:
+        super().__init__(parser, config, config_filename, save_to_log_dir=False)
+        self.run_config: Any = None  # the fit's config to write; None: write no file
+        self.run_ids: list[tuple[str, str]] = []  # (default_root_dir, W&B run id) for `save_run_id`
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for root, run_id in self.run_ids:
-            save_run_id(root, run_id)
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         # instantiation links are resolved only now: record the values the network really got
         net_args = config["model"]["net"].setdefault("init_args", {})
@@ -103,13 +118,22 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.run_config is None or not trainer.is_global_zero:
+            return
+        for root, run_id in self.run_ids:
+            save_run_id(root, run_id)
+        text = self.parser.dump(self.run_config, skip_none=False)
+        write_file(os.path.join(trainer.default_root_dir, self.config_filename), text.encode())
+        self.run_config = None  # once per run
+
 
 class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
     run_lock: RunLock | None = None  # held by a fit's launching process until the fit ends
+    run_config: Any = None  # what a fit writes as config.yaml (see LoggerSaveConfigCallback)
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         try:
             super().__init__(ViTClassifier, ImageDataModule, subclass_mode_data=True, **kwargs)
         except SystemExit as e:
@@ -154,6 +178,7 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         self.args = sys.argv[1:] if args is None else args  # where each setting came from
         if not isinstance(self.args, dict):
             check_config_files(list(self.args))
+            check_logger_packages(list(self.args))
         super().parse_arguments(parser, args)
 
     def resolve_ckpt_path(self, subcommand: str, config) -> None:
@@ -185,11 +210,11 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         except (ValueError, TypeError) as e:
             # a value out of range, caught by a constructor: report it like a parse error
             self.parser.error(f"invalid configuration: {_constructor_error(e)}")
-        # written with config.yaml, once the data is set up: a failed start leaves no file behind
+        # written with config.yaml, once training starts: a failed start leaves no file behind
         saver = [c for c in self.trainer.callbacks if isinstance(c, LoggerSaveConfigCallback)]
         for cb in saver:
-            cb.run_ids = self.new_run_ids
-        for root, run_id in [] if saver else self.new_run_ids:
+            cb.run_ids, cb.run_config = self.new_run_ids, self.run_config
+        for root, run_id in [] if saver else self.new_run_ids:  # fast_dev_run: no saver
             save_run_id(root, run_id)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
@@ -218,6 +243,10 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or "."
+        # config.yaml: the settings as given, before this run's own values are filled in below
+        self.run_config = config.clone() if self.subcommand == "fit" else None
+        if self.run_config is not None:
+            self.run_config.ckpt_path = None  # which weights to load is each command's choice
         if self.subcommand in ("fit", "validate", "test", "predict"):
             check_run_dir(root)
         ckpt = str(config.get("ckpt_path") or "")

@@ -7,6 +7,7 @@ upgrade that breaks one of them is caught here and fixed here.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from contextvars import ContextVar
@@ -130,6 +131,41 @@ class CkptPathErrorsMixin(LightningCLI):
             self.check_ckpt_hparams(str(path), before)
 
 
+# -- Lightning's loggers import their package only when built, so a missing one surfaces inside
+# jsonargparse's validation of `trainer.logger` as an unrelated message. The requirement flags of
+# each logger's module are the only record of what it needs: {class: (module, flags)}; the logger
+# works when any one flag is met (TensorBoard's: tensorboard or tensorboardX).
+_LOGGER_REQUIREMENTS = {
+    "TensorBoardLogger": (
+        "lightning.fabric.loggers.tensorboard",
+        ("_TENSORBOARD_AVAILABLE", "_TENSORBOARDX_AVAILABLE"),
+    ),
+    "WandbLogger": ("lightning.pytorch.loggers.wandb", ("_WANDB_AVAILABLE",)),
+    "CometLogger": ("lightning.pytorch.loggers.comet", ("_COMET_AVAILABLE",)),
+    "MLFlowLogger": ("lightning.pytorch.loggers.mlflow", ("_MLFLOW_AVAILABLE",)),
+    "LitLogger": ("lightning.pytorch.loggers.litlogger", ("_LITLOGGER_AVAILABLE",)),
+}
+
+
+def _requirement_flags(module: str, flags: tuple[str, ...]) -> list[Any]:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:  # check() names the flags; without them nothing is known to be missing
+        return []
+    return [getattr(mod, f) for f in flags if hasattr(getattr(mod, f, None), "requirement")]
+
+
+def missing_logger_requirements(cls: type) -> list[str]:
+    """The pip requirements of a Lightning logger class (or a subclass of one) when none of them
+    is installed, e.g. ['tensorboard', 'tensorboardX']; [] when the logger can be built."""
+    for base in cls.__mro__:
+        module, flags = _LOGGER_REQUIREMENTS.get(base.__name__, ("", ()))
+        if flags and base.__module__.startswith("lightning."):
+            caches = _requirement_flags(module, flags)
+            return [] if not caches or any(caches) else [str(c.requirement) for c in caches]
+    return []
+
+
 # -- torchvision: the device pipeline's policies read torchvision's own tables, so its draws
 # cannot drift from the loader's (`data/device_augment.py`); v2 has no public accessors for them
 
@@ -181,6 +217,9 @@ def check() -> list[str]:
         missing.append("lightning.pytorch.callbacks.ModelCheckpoint._enable_version_counter")
     if not callable(getattr(LightningCLI, "_parse_ckpt_path", None)):
         missing.append("lightning.pytorch.cli.LightningCLI._parse_ckpt_path")
+    for module, flags in _LOGGER_REQUIREMENTS.values():
+        if len(_requirement_flags(module, flags)) != len(flags):
+            missing += [f"{module}.{f}" for f in flags]
     log = logging.getLogger("lightning.pytorch")
     level = log.level
     log.setLevel(logging.WARNING)  # the probe's "GPU available: ..." lines would only be noise

@@ -52,6 +52,7 @@ class Trainer(trainer.Trainer):
         datamodule: L.LightningDataModule | None = None,
         format: Format = "onnx",
         output: str | None = None,
+        weights_only: bool | None = None,
     ) -> Path:
         """Export a checkpoint's network to ONNX or torch.export, with a dynamic batch size.
 
@@ -63,13 +64,17 @@ class Trainer(trainer.Trainer):
             format: `onnx` (a `.onnx` file for ONNX Runtime) or `torch.export` (a `.pt2` file:
                 `torch.export.load(path).module()`).
             output: The file to write; default `<default_root_dir>/model.onnx` (or `model.pt2`).
+                An existing file is not replaced: name another, or remove it first.
+            weights_only: As for `fit` and `test`: how torch.load reads the checkpoint (None:
+                torch's default). Also lets a run's own config.yaml be passed as --config.
         """
+        path = Path(output or Path(self.default_root_dir) / f"model{SUFFIX[format]}")
+        check_output(path)  # before the checkpoint is read and traced
         if ckpt_path is not None:
-            load_weights(model, ckpt_path, self.default_root_dir)
+            load_weights(model, ckpt_path, self.default_root_dir, weights_only)
         net = getattr(model, "net", model)
         in_chans = getattr(datamodule, "in_chans", None) or net.in_chans
         img_size = _pair(getattr(datamodule, "img_size", None) or net.patch_embed.img_size)
-        path = Path(output or Path(self.default_root_dir) / f"model{SUFFIX[format]}")
         checked = export_model(model, (in_chans, *img_size), path, format)
         source = ckpt_path or "the untrained model (--ckpt_path=none)"
         rank_zero_info(f"Exported {source} to {path} ({format}); {checked}")
@@ -94,7 +99,12 @@ class ExportSubcommand(LightningCLI):
             self.config.export.trainer.logger = False  # nothing to log: no W&B run, no probe
 
 
-def load_weights(model: L.LightningModule, ckpt_path: str, root: str | os.PathLike = ".") -> None:
+def load_weights(
+    model: L.LightningModule,
+    ckpt_path: str,
+    root: str | os.PathLike = ".",
+    weights_only: bool | None = None,
+) -> None:
     """Load a checkpoint's state_dict into `model`, with errors that name the file and the fix."""
     if is_local(ckpt_path) and not os.path.isfile(ckpt_path):  # a URL: the IO names a miss
         if ckpt_path == "last":
@@ -104,7 +114,8 @@ def load_weights(model: L.LightningModule, ckpt_path: str, root: str | os.PathLi
             )
         what = "is a directory" if os.path.isdir(ckpt_path) else "does not exist"
         raise ConfigError(f"--ckpt_path={ckpt_path}: {what}; pass a .ckpt file, `last` or `best`")
-    checkpoint = AtomicCheckpointIO().load_checkpoint(ckpt_path)  # names a damaged file
+    # names a damaged file
+    checkpoint = AtomicCheckpointIO().load_checkpoint(ckpt_path, weights_only=weights_only)
     model.on_load_checkpoint(checkpoint)
     try:
         model.load_state_dict(checkpoint["state_dict"])
@@ -114,6 +125,17 @@ def load_weights(model: L.LightningModule, ckpt_path: str, root: str | os.PathLi
             f"Checkpoint {ckpt_path} does not fit the configured model ({' '.join(lines)}); "
             "export with the config it was trained with, e.g. its run's config.yaml"
         ) from e
+
+
+def check_output(output: Path) -> None:
+    """An export never replaces a file: a folder or an existing file is named, with the fix."""
+    if output.is_dir():
+        raise ConfigError(f"--output={output} is a directory; give a file name")
+    if output.exists():
+        raise ConfigError(
+            f"--output={output} exists (an earlier export's) and is kept; pass another --output, "
+            "or delete that file to export again"
+        )
 
 
 def dynamic_shapes(net: nn.Module) -> tuple[dict[int, Any]]:
@@ -134,7 +156,7 @@ def export_model(
     """Trace `model.net` (or `model`), write `output`, check it against `model`; says what it checked.
 
     The file is written and checked in a temporary folder next to `output`, then moved into place,
-    so a failed export leaves `output` as it was.
+    so a failed export leaves nothing; an existing `output` is an error (`check_output`).
     """
     if format == "onnx":
         missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
@@ -143,8 +165,7 @@ def export_model(
                 f"--format=onnx needs {', '.join(missing)}: pip install 'vit-lightning[export]'"
             )
     output = Path(output)
-    if output.is_dir():
-        raise ConfigError(f"--output={output} is a directory; give a file name")
+    check_output(output)
     model = model.cpu().eval()
     net = getattr(model, "net", model)
     example = torch.randn(TRACE_BATCH, *input_size, generator=torch.Generator().manual_seed(0))

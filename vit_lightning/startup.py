@@ -1,6 +1,7 @@
 """Startup checks: settings that cannot work stop the run before it writes anything.
 
 - `check_config_files`: every `--config` file is valid YAML and sets something.
+- `check_logger_packages`: every logger in `trainer.logger` has its package installed.
 - `resolve_ckpt_path`: what `--ckpt_path` names: `last` (the newest checkpoint), `none` (no
   weights, on purpose) or a file. Evaluating with nothing loaded, a missing file and a folder
   are errors.
@@ -16,7 +17,10 @@ Each failure is a `ConfigError`: one message that names the file, key or value a
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from packaging.version import InvalidVersion, Version
 
 from vit_lightning.checkpoints import corrupt_checkpoint, is_local
+from vit_lightning.compat import missing_logger_requirements
 from vit_lightning.errors import ConfigError
 
 UNTRAINED = "none"  # --ckpt_path=none: evaluate or predict the untrained model, on purpose
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+SUBCOMMANDS = ("fit", *EVAL_SUBCOMMANDS, "export")
 VERSION_KEY = "pytorch-lightning_version"  # in every checkpoint Lightning writes
 # model settings that change how the model runs (or, for pretrained, only a fresh start), not
 # what a resumed run computes: the user's value wins
@@ -72,6 +78,64 @@ def check_config_files(args: list[str]) -> None:
             raise ConfigError(
                 f"config file {path} holds a {type(data).__name__}, not `key: value` settings "
                 "(e.g. `trainer:` / `model:` / `data:` sections)"
+            )
+
+
+def _logger_class_paths(args: list[str]) -> Iterator[str]:
+    """The class names `trainer.logger` is given, in `--config` files and on the command line."""
+
+    def named(value: Any) -> Iterator[str]:
+        if isinstance(value, str):  # a class path or a bare name; `false` has become a bool
+            yield value
+        elif isinstance(value, Mapping):
+            yield from named(value.get("class_path"))
+        elif isinstance(value, list):
+            for v in value:
+                yield from named(v)
+
+    for path in config_files(args):
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # check_config_files and the parser name these
+        sections = [data, *(data.get(s) for s in SUBCOMMANDS)] if isinstance(data, dict) else []
+        for section in sections:
+            trainer = section.get("trainer") if isinstance(section, Mapping) else None
+            if isinstance(trainer, Mapping):
+                yield from named(trainer.get("logger"))
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        if key.rstrip("+") in ("--trainer.logger", "--trainer.logger.class_path"):
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                yield from named(yaml.safe_load(value))
+            except yaml.YAMLError:
+                continue
+
+
+def check_logger_packages(args: list[str]) -> None:
+    """A logger whose package is not installed (TensorBoardLogger without tensorboard), named
+    with the install command before parsing; jsonargparse would bury it in a Union error."""
+    for name in _logger_class_paths(args):
+        module, _, cls_name = name.rpartition(".")
+        module = module or "lightning.pytorch.loggers"  # where a bare name resolves
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except ModuleNotFoundError as e:
+            top = (e.name or "").partition(".")[0]
+            if not top or importlib.util.find_spec(top) is not None:
+                continue  # a misspelt module of an installed package: the parser names it
+            missing = [top]
+        except (ImportError, AttributeError):
+            continue  # the parser names a class that is not there
+        else:
+            missing = missing_logger_requirements(cls) if isinstance(cls, type) else []
+        if missing:
+            others = f" (or {', '.join(missing[1:])})" if missing[1:] else ""
+            raise ConfigError(
+                f"trainer.logger={name} needs {missing[0]}{others}, which is not installed: "
+                f"pip install {shlex.quote(missing[0])}, or choose another logger "
+                "(e.g. --trainer.logger=CSVLogger) or none (--trainer.logger=false)"
             )
 
 
@@ -166,7 +230,7 @@ def check_checkpoint_file(path: str) -> None:
 def _plain(key: str) -> str:
     """`model.net.depth` for `fit.model.net.init_args.depth`: one spelling for every source."""
     parts = [p for p in key.split(".") if p not in ("init_args", "dict_kwargs")]
-    if parts and parts[0] in ("fit", "export", *EVAL_SUBCOMMANDS):
+    if parts and parts[0] in SUBCOMMANDS:
         parts = parts[1:]
     return ".".join(parts)
 

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -34,7 +35,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import loggers
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from vit_lightning.checkpoints import is_local
+from vit_lightning.checkpoints import is_local, write_file
+from vit_lightning.errors import ConfigError, UserError
 
 RUN_ID_FILE = "wandb-run-id"  # in default_root_dir
 PROBE_TIMEOUT = 5.0  # s, DNS to answer; wandb.init would wait 90 s, then fail the run
@@ -140,6 +142,8 @@ def configure_logger(
     """
     if init_args.get("save_dir") in (None, "."):  # W&B writes local files only
         init_args.save_dir = root if is_local(root) else "."
+    if rank_zero_only.rank == 0:  # the only rank that writes W&B files
+        check_wandb_dir(init_args.save_dir)
     if not wandb_has_credentials() and os.environ.get("WANDB_MODE") != "online":
         init_args.offline = True
     elif rank_zero_only.rank == 0 and not init_args.get("offline") and not _offline_mode(init_args):
@@ -156,6 +160,29 @@ def configure_logger(
         init_args.resume = "allow"
         return init_args.id
     return None
+
+
+_WANDB_DIR_FIX = (
+    "make it writable or remove it, or set --trainer.logger.init_args.save_dir to a writable "
+    "folder (or --trainer.logger=false for no W&B)"
+)
+
+
+def check_wandb_dir(save_dir: str | Path) -> None:
+    """W&B writes its run folders in `<save_dir>/wandb`; one it cannot write (read-only, a file,
+    another user's) is named at startup with the fix, not as wandb.init's 60-line traceback."""
+    folder = Path(save_dir).expanduser() / "wandb"
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"W&B cannot write its files in {folder}: {existing} is not a folder; {_WANDB_DIR_FIX}"
+        )
+    try:  # a folder, as wandb.init makes one per run
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
+    except OSError as e:
+        raise ConfigError(
+            f"W&B cannot write its files in {folder} ({e.strerror}: {existing}); {_WANDB_DIR_FIX}"
+        ) from e
 
 
 class WandbLogger(loggers.WandbLogger):
@@ -186,6 +213,11 @@ class WandbLogger(loggers.WandbLogger):
             wandb.teardown()
             os.environ["WANDB_MODE"] = "offline"
             return super().experiment
+        except OSError as e:  # its folder became unwritable after the startup check
+            raise UserError(
+                f"W&B cannot write its files in {Path(self.save_dir or '.') / 'wandb'} ({e}); "
+                + _WANDB_DIR_FIX
+            ) from e
 
 
 def wandb_run_id(root: str | Path, resuming: bool) -> str | None:
@@ -206,20 +238,14 @@ def wandb_run_id(root: str | Path, resuming: bool) -> str | None:
 
 
 def save_run_id(root: str | Path, run_id: str) -> None:
-    """Persist a fit's run id for `wandb_run_id`; the CLI calls it once the run's classes are
-    built, so a configuration error leaves no file behind."""
-    if not is_local(root):  # one small object, written whole by the store
-        if rank_zero_only.rank == 0:
-            get_filesystem(str(root)).pipe_file(f"{str(root).rstrip('/')}/{RUN_ID_FILE}",
-                                                f"{run_id}\n".encode())  # fmt: skip
+    """Persist a fit's run id for `wandb_run_id` (rank 0 only); the CLI calls it once training
+    has started, so a run that fails to start leaves no file behind."""
+    if rank_zero_only.rank != 0:
         return
-    path = Path(root) / RUN_ID_FILE
-    if rank_zero_only.rank != 0 or (path.is_file() and path.read_text().strip() == run_id):
+    path = Path(root) / RUN_ID_FILE if is_local(root) else f"{str(root).rstrip('/')}/{RUN_ID_FILE}"
+    if isinstance(path, Path) and path.is_file() and path.read_text().strip() == run_id:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{RUN_ID_FILE}.tmp{os.getpid()}")
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, path)  # atomic: a reader sees the old id or the new one, never half
+    write_file(path, f"{run_id}\n".encode())
 
 
 def finish_run() -> None:
