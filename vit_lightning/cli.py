@@ -86,6 +86,7 @@ from vit_lightning.startup import (
     hparam_conflicts,
     resolve_ckpt_path,
     user_settings,
+    warn_carried_data_args,
 )
 from vit_lightning.wandb_runs import configure_logger, finish_run, save_run_id
 
@@ -180,6 +181,8 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             check_config_files(list(self.args))
             check_logger_packages(list(self.args))
         super().parse_arguments(parser, args)
+        if not isinstance(self.args, dict):  # jsonargparse keeps a replaced class's shared args
+            warn_carried_data_args(list(self.args), self.config)
 
     def resolve_ckpt_path(self, subcommand: str, config) -> None:
         """`--ckpt_path=last|best|none|<file>` -> the file (see `startup.resolve_ckpt_path`)."""

@@ -28,7 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from packaging.version import InvalidVersion, Version
 
 from vit_lightning.checkpoints import corrupt_checkpoint, is_local
@@ -381,3 +381,84 @@ def check_run_dir(root: str) -> None:
         raise ConfigError(
             f"trainer.default_root_dir={root} is not writable ({e.strerror}: {e.filename}); {fix}"
         ) from e
+
+
+def warn_carried_data_args(args: list[str], config: Any) -> None:
+    """Warns when a switched data class keeps an earlier config's values (`carried_data_args`)."""
+    sub = config.get("subcommand")
+    data = (config.get(sub) if sub else config).get("data")
+    if data is not None and (message := carried_data_args(args, data)):
+        rank_zero_warn(message)
+
+
+def carried_data_args(args: list[str], data: Any) -> str | None:
+    """A warning when `--data=<class>` (or a later `--config`) switches the data class and the new
+    class keeps values an earlier config set for the old one: jsonargparse keeps the init_args
+    that both classes take, e.g. smoke.yaml's `val_size: 256` under FashionMNISTDataModule.
+
+    Args:
+        args: The command line, in order (`--config` files are read for their `data` section).
+        data: The parsed `data` (class_path and init_args), where the sources ended up.
+    """
+    short = lambda cls: str(cls).rpartition(".")[2]  # noqa: E731
+    current: tuple[str, str, dict] | None = None  # (class, where it was set, values it set)
+    carried: tuple[str, str, dict] | None = None  # the class switched from, and its values
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if key in ("--config", "-c"):
+            try:
+                section = yaml.safe_load(Path(value).read_text())
+            except (OSError, yaml.YAMLError):
+                continue  # check_config_files and the parser name these
+            sub = section.get(_subcommand(args)) if isinstance(section, dict) else None
+            if isinstance(section, dict) and "data" not in section and isinstance(sub, dict):
+                section = sub
+            setting = section.get("data", ...) if isinstance(section, dict) else ...
+            where = f"--config {value}"
+        elif key in ("--data", "--data.class_path"):
+            try:
+                setting = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue
+            if key == "--data.class_path":
+                setting = {"class_path": setting}
+            where = f"{key}={value}"
+        elif key.startswith("--data.") and current is not None:
+            current[2][key.removeprefix("--data.").removeprefix("init_args.")] = value
+            continue
+        else:
+            continue
+        if setting is ...:
+            continue
+        if setting is None:  # `--data=null`: the next class starts from its own defaults
+            current = carried = None
+            continue
+        cls = setting if isinstance(setting, str) else setting.get("class_path")
+        given = setting.get("init_args", {}) if isinstance(setting, dict) else {}
+        given = dict(given) if isinstance(given, dict) else {}
+        if cls is None or (current is not None and short(cls) == short(current[0])):
+            if current is not None:
+                current[2].update(given)
+            continue
+        if current is not None:
+            carried = current
+        current = (cls, where, given)
+    if carried is None or current is None or short(data.class_path) != short(current[0]):
+        return None
+    final = dict(data.get("init_args") or {})
+    kept = {k: v for k, v in carried[2].items() if k not in current[2] and final.get(k, ...) == v}
+    if not kept:
+        return None
+    listed = ", ".join(f"{k}={v}" for k, v in kept.items())
+    new = short(current[0])
+    return (
+        f"data: {current[1]} switches from {short(carried[0])}, and {new} keeps what "
+        f"{carried[1]} set for the arguments both take: {listed}. For {new}'s own defaults, "
+        f"pass --data=null before {current[1]} (or set each of these again)"
+    )
+
+
+def _subcommand(args: list[str]) -> str | None:
+    """The subcommand named on the command line (a config may hold one section per subcommand)."""
+    return next((a for a in args if a in SUBCOMMANDS), None)
