@@ -6,7 +6,9 @@
 
 Class folders are read in `__init__` (the CLI links num_classes into the model). The files are
 listed (recursively, sorted) and their headers checked at setup, so a damaged file is named
-before the first step; one that still fails to decode is named when it is read.
+before the first step; one that still fails to decode is named when it is read. Symlinks are
+followed, each real folder once, and one file (through any link) is never in two classes or two
+splits: see `_files`.
 """
 
 from __future__ import annotations
