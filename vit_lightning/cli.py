@@ -41,6 +41,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -72,7 +73,7 @@ from vit_lightning.compat import CkptPathErrorsMixin
 from vit_lightning.data import ImageDataModule
 from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.export import ExportSubcommand
-from vit_lightning.module import ViTClassifier
+from vit_lightning.module import ViTClassifier, check_optimizer_flags
 from vit_lightning.pretrained import local_problem
 from vit_lightning.run_lock import RunLock, is_launching_process
 from vit_lightning.startup import (
@@ -183,6 +184,10 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         super().parse_arguments(parser, args)
         if not isinstance(self.args, dict):  # jsonargparse keeps a replaced class's shared args
             warn_carried_data_args(list(self.args), self.config)
+        self.one_batch = [] if isinstance(self.args, dict) else _one_batch_limits(list(self.args))
+        sub = self.config.get("subcommand")
+        for key in self.one_batch:  # so config.yaml says 1 too (the Trainer: instantiate_trainer)
+            (self.config[sub] if sub else self.config).trainer[key] = 1
 
     def resolve_ckpt_path(self, subcommand: str, config) -> None:
         """`--ckpt_path=last|best|none|<file>` -> the file (see `startup.resolve_ckpt_path`)."""
@@ -232,6 +237,7 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         check_accelerator(trainer.get("accelerator"))
+        kwargs.update(dict.fromkeys(getattr(self, "one_batch", []), 1))
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as e:  # Lightning's word for a setting that cannot work
@@ -245,6 +251,7 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         the user left it unset, so the loaders' shuffling and augmentation follow the run's seed.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_optimizer_flags(config.get("optimizer"), config.get("lr_scheduler"))
         root = config.trainer.default_root_dir or "."
         # config.yaml: the settings as given, before this run's own values are filled in below
         self.run_config = config.clone() if self.subcommand == "fit" else None
@@ -271,6 +278,34 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
                 run_id = configure_logger(logger.init_args, root, self.subcommand, resuming)
                 if run_id is not None:
                     self.new_run_ids.append((root, run_id))
+
+
+BATCH_LIMITS = tuple(f"limit_{s}_batches" for s in ("train", "val", "test", "predict"))
+
+
+def _one_batch_limits(args: list[str]) -> list[str]:
+    """The `limit_*_batches` given as `1` (one batch, as `Trainer(limit_val_batches=1)` says).
+
+    jsonargparse reads Lightning's `int | float` limits as floats, and Lightning takes 1.0 for
+    100% of the batches; a 1 written without a decimal point (command line or config file, the
+    later one winning) is passed to the Trainer as the int.
+    """
+    raw: dict[str, Any] = {}
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") or arg.startswith("--config="):
+            path = arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+            raw.update({k: trainer[k] for k in BATCH_LIMITS if k in trainer})
+        for key in BATCH_LIMITS:
+            flag = f"--trainer.{key}"
+            if arg.startswith(f"{flag}="):
+                raw[key] = arg.partition("=")[2]
+            elif arg == flag and i + 1 < len(args):
+                raw[key] = args[i + 1]
+    return [key for key, value in raw.items() if str(value).strip() == "1"]
 
 
 def _constructor_error(e: BaseException) -> str:

@@ -70,6 +70,20 @@ def train_batches_done(trainer: L.Trainer) -> int:
     return _batch_progress(trainer).current.processed
 
 
+def set_train_batches_done(trainer: L.Trainer, done: int) -> None:
+    """Make a resumed epoch continue as if `done` of its batches had been trained.
+
+    A mid-epoch resume at another batch size continues at the same image of the epoch, which is
+    another batch count; Lightning's progress counter (it ends the epoch after
+    `num_training_batches`) has no public setter.
+    """
+    progress = _batch_progress(trainer)
+    shift = done - progress.current.processed  # what train_batches_done saved
+    for tracker in (progress.current, progress.total):
+        for name in ("ready", "started", "processed", "completed"):
+            setattr(tracker, name, getattr(tracker, name) + shift)
+
+
 def is_last_train_batch(trainer: L.Trainer) -> bool:
     """Whether the batch that just ended is the last of its training epoch.
 

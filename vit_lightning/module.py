@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import BatchSizeFinder, LearningRateFinder
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -21,10 +22,11 @@ from vit_lightning.distill import (
     distillation_loss,
     load_teacher,
 )
+from vit_lightning.errors import ConfigError
 from vit_lightning.finetune import Freeze, check_layer_decay, param_groups
 from vit_lightning.finetune import freeze as freeze_layers
 from vit_lightning.pretrained import load_pretrained
-from vit_lightning.schedule import stepping_batches, warmup_cosine
+from vit_lightning.schedule import Schedule, plan
 from vit_lightning.startup import check_state_dict_fits
 
 
@@ -146,6 +148,12 @@ class ViTClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=[] if cli else ["net", "teacher"])
         self.net = net
         self.pretrained_loaded = False  # see setup
+        # what LearningRateFinder / BatchSizeFinder found ("lr", "batch_size"): saved in
+        # checkpoints beside the hparams, which keep the configured values (see on_fit_start)
+        self.tuned: dict[str, float | int] = {}
+        self._built_for: tuple[float, int | None] | None = None  # (lr, batch size) of the optimizer
+        self._saved_shape: dict[str, Any] | None = None  # the checkpoint's `_run_shape()`
+        self._schedule: Schedule | None = None  # the lr schedule in use
         if teacher is not None:
             check_teacher_weights(teacher, teacher_checkpoint)
             check_teacher(teacher, net)
@@ -212,6 +220,25 @@ class ViTClassifier(L.LightningModule):
             self.pretrained_loaded = True
         if self.teacher is not None and stage == "fit":  # every run, resumed or not
             load_teacher(self.teacher, self.hparams.get("teacher_checkpoint"))
+        if stage == "fit" and self.trainer.ckpt_path is not None:
+            _skip_tuners_on_resume(self.trainer)
+
+    def on_fit_start(self) -> None:
+        # LearningRateFinder / BatchSizeFinder (callbacks, which run first) changed hparams.lr
+        # or the DataModule's batch_size after configure_optimizers: record what they found,
+        # keep the configured lr in hparams (a resume then sees no conflict), and rebuild the
+        # optimizer and schedule for the found values. The optimizer has no state yet: a
+        # resumed run's is restored after this hook.
+        configured = self.hparams_initial.get("lr", self.hparams.lr)
+        if self.hparams.lr != configured:
+            self.tuned["lr"] = float(self.hparams.lr)
+            self.hparams.lr = configured
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if self._built_for is not None and batch_size != self._built_for[1]:
+            self.tuned["batch_size"] = batch_size
+        if self._built_for is not None and self._built_for != (self.tuned.get("lr"), batch_size):
+            rank_zero_info(f"Tuned by Lightning's tuner callbacks: {_show_tuned(self.tuned)}")
+            self.trainer.strategy.setup_optimizers(self.trainer)
 
     def on_train_start(self) -> None:
         if self.teacher is not None:  # where Lightning put the student, in its dtype
@@ -225,6 +252,17 @@ class ViTClassifier(L.LightningModule):
         if any("_orig_mod." in k for k in sd):
             checkpoint["state_dict"] = sd = {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
         check_state_dict_fits(self, sd)  # another architecture or class count
+        self.tuned = dict(checkpoint.get(TUNED_KEY, {}))
+        shape = checkpoint.get(RUN_SHAPE_KEY)
+        self._saved_shape = {**shape, "step": checkpoint.get("global_step", 0)} if shape else None
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if "batch_size" in self.tuned and dm is not None and hasattr(dm, "batch_size"):
+            dm.batch_size = int(self.tuned["batch_size"])  # before any train loader is built
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TUNED_KEY] = dict(self.tuned)
+        if self._trainer is not None:
+            checkpoint[RUN_SHAPE_KEY] = self._run_shape()
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -333,24 +371,126 @@ class ViTClassifier(L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         lr, min_lr = self._scaled_lr()
+        if "lr" in self.tuned:  # LearningRateFinder tried real lrs at this batch size: no scaling
+            lr = float(self.tuned["lr"])
+        self._built_for = (
+            self.tuned.get("lr"),
+            getattr(self.trainer.datamodule, "batch_size", None),
+        )
         groups = param_groups(self.net, hp.weight_decay, hp.get("layer_decay"))
         for g in groups:
             g["lr"] = lr * g["lr_scale"]  # the schedule below multiplies each group's own lr
         fused = self.device.type == "cuda"  # one kernel for all parameters on GPU
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
 
-        total = stepping_batches(self.trainer)
-        epochs = self.trainer.max_epochs if (self.trainer.max_epochs or 0) > 0 else 1
-        warmup = round(hp.warmup_epochs * total / epochs)
         floor = min_lr / lr if lr > 0 else 0.0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(warmup, total, floor)
-        )
+        self._schedule = schedule = self._plan_schedule(lr, floor)
+        rank_zero_info(schedule.describe(lr, min_lr))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor(floor))
         return {
             "optimizer": optimizer,
             # "lr": every group's lr is logged as lr/<group> (LearningRateMonitor, see cli.py)
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
+
+    def _run_shape(self) -> dict[str, Any]:
+        """The settings a resumed run's meaning depends on, as this run has them, plus the
+        schedule in use and the position in the epoch (saved in checkpoints, see
+        `_plan_schedule`)."""
+        t = self.trainer
+        dm = t.datamodule
+        train = getattr(dm, "train_set", None)
+        batch_size = getattr(dm, "batch_size", None)
+        schedule = self._schedule or plan(t, self.hparams.warmup_epochs)
+        done = compat.train_batches_done(t) * (batch_size or 0) * t.world_size
+        return {
+            "data.batch_size": batch_size,
+            "trainer.world_size": t.world_size,
+            "trainer.accumulate_grad_batches": t.accumulate_grad_batches,
+            "training images": len(train) if train is not None else None,
+            "trainer.max_epochs": t.max_epochs,
+            "trainer.max_steps": t.max_steps,
+            "trainer.limit_train_batches": t.limit_train_batches,
+            "schedule": [schedule.warmup, schedule.total],
+            "position": [t.current_epoch, done],  # epoch, its images trained
+        }
+
+    def _plan_schedule(self, lr: float, floor: float) -> Schedule:
+        """This fit's schedule. A resumed fit keeps its checkpoint's, unless settings it depends
+        on changed (batch size, devices, accumulation, training set, epoch or step limits): then
+        it is re-derived for the new settings from the resume step on (the steps still to come
+        at the new sizes), and that is said once, with the lr at the resume step.
+
+        The data position is kept in images (see `ResumableLoader.load_state_dict`): an
+        epoch-boundary resume starts the next epoch, a mid-epoch one continues at the same
+        image, or is refused when that is no whole batch at the new size.
+        """
+        schedule = plan(self.trainer, self.hparams.warmup_epochs)
+        saved = self._saved_shape if self.trainer.ckpt_path is not None else None
+        if not saved or "schedule" not in saved:
+            return schedule
+        old = Schedule(*saved["schedule"], schedule.per_epoch, schedule.ends_by)
+        now = self._run_shape()
+        changed = [
+            f"{k} {saved[k]} -> {now[k]}"
+            for k in now
+            if k not in ("schedule", "position") and saved.get(k, now[k]) != now[k]
+        ]
+        if not changed:
+            return old  # the run's own schedule, as it was planned
+        step = int(saved.get("step", 0))
+        new = plan(self.trainer, self.hparams.warmup_epochs, (step, *saved["position"]))
+        lines = [f"Resuming {self.trainer.ckpt_path} with other settings: " + "; ".join(changed)]
+        if (old.warmup, old.total) != (new.warmup, new.total):
+            lines.append(
+                f"the lr schedule is re-derived for them: warmup {old.warmup} -> {new.warmup}, "
+                f"total {old.total} -> {new.total} steps; at the resume step {step} the lr is "
+                f"{lr * new.factor(floor)(step):.3g} (the checkpoint's schedule: "
+                f"{lr * old.factor(floor)(step):.3g})"
+            )
+        rank_zero_info("\n  ".join(lines))
+        return new
+
+
+TUNED_KEY = "vit_lightning_tuned"  # checkpoint key: what the tuner callbacks found
+RUN_SHAPE_KEY = "vit_lightning_run_shape"  # checkpoint key: ViTClassifier._run_shape()
+TUNERS = (LearningRateFinder, BatchSizeFinder)
+
+
+def check_optimizer_flags(optimizer: Any, lr_scheduler: Any) -> None:
+    """LightningCLI's `--optimizer` / `--lr_scheduler` would replace `configure_optimizers`: its
+    parameter groups (no decay on norms, biases, position embeddings), layer decay, the
+    warmup/cosine schedule and `lr_scaling` would be lost, and the training step's lr logging
+    fails on a run without a scheduler. Refused at startup, with the settings that exist."""
+    given = [f"--{k}" for k, v in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)) if v]
+    if given:
+        raise ConfigError(
+            f"{' and '.join(given)} would replace ViTClassifier's AdamW, its parameter groups, "
+            "layer decay and warmup/cosine schedule, so they are not supported. Set model.lr, "
+            "model.weight_decay, model.betas, model.warmup_epochs, model.min_lr, "
+            "model.layer_decay; for another optimizer, subclass ViTClassifier, override "
+            "configure_optimizers and pass --model=<your class>"
+        )
+
+
+def _show_tuned(tuned: dict[str, float | int]) -> str:
+    parts = []
+    if "lr" in tuned:
+        parts.append(f"lr {tuned['lr']:g} (replaces model.lr; lr_scaling does not apply to it)")
+    if "batch_size" in tuned:
+        parts.append(f"data.batch_size {tuned['batch_size']}")
+    return ", ".join(parts) + "; saved in checkpoints, kept by a resumed fit"
+
+
+def _skip_tuners_on_resume(trainer: L.Trainer) -> None:
+    """A resumed fit keeps what the tuner callbacks found at the start of the run (saved in the
+    checkpoint); searching again would train on the restored weights and then reload them,
+    dropping the resumed optimizer and loop state."""
+    tuners = [c for c in trainer.callbacks if isinstance(c, TUNERS)]
+    if tuners:
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, TUNERS)]
+        names = ", ".join(type(c).__name__ for c in tuners)
+        rank_zero_info(f"Resuming: {names} not run again; the run keeps the values it found")
 
 
 def _pair(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:

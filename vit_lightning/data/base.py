@@ -18,7 +18,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from vit_lightning.callbacks.preemption import loader_worker_init
-from vit_lightning.compat import UnrepeatedDistributedSampler, train_batches_done
+from vit_lightning.compat import (
+    UnrepeatedDistributedSampler,
+    set_train_batches_done,
+    train_batches_done,
+)
 from vit_lightning.data.augment import NO_AUGMENT, Policy
 from vit_lightning.data.device_pipeline import ResidentImages, passthrough
 from vit_lightning.data.folder import ImageFolderFlat
@@ -169,6 +173,7 @@ class ImageDataModule(L.LightningDataModule):
             sampler=ResumableSampler(ds, world, rank, shuffle=True, seed=self.seed),
             drop_last=True,
             batches_done=lambda: train_batches_done(self.trainer) if self.trainer else 0,
+            resumed_at=lambda done: set_train_batches_done(self.trainer, done),
             **kwargs,
         )
 

@@ -15,11 +15,15 @@ Three pieces, used by every DataModule's train loader:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+
+from vit_lightning.errors import ConfigError
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, epoch, index) over 64 bits
 
@@ -81,6 +85,24 @@ class SeededView(Dataset):
             rng.set_state(state)
 
 
+def resumable(sampler: Sampler | None, dataset: Dataset) -> Sampler | None:
+    """`sampler`'s order as a ResumableSampler.
+
+    Lightning rebuilds the train loader with a SequentialSampler for `overfit_batches` (then a
+    DistributedSampler under DDP); the same order, unshuffled, stays resumable and seeded.
+    """
+    if isinstance(sampler, ResumableSampler) or sampler is None:
+        return sampler
+    if isinstance(sampler, DistributedSampler):
+        return ResumableSampler(
+            dataset, sampler.num_replicas, sampler.rank, sampler.shuffle, sampler.seed,
+            sampler.drop_last,
+        )  # fmt: skip
+    if isinstance(sampler, SequentialSampler):
+        return ResumableSampler(dataset, shuffle=False)
+    return sampler  # the TypeError below names it
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over a `ResumableSampler` that Lightning saves in and restores from checkpoints.
 
@@ -91,19 +113,74 @@ class ResumableLoader(DataLoader):
         *args, **kwargs: As for DataLoader; `sampler` must be a ResumableSampler.
     """
 
-    def __init__(self, *args: Any, batches_done: Callable[[], int] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        batches_done: Callable[[], int] | None = None,
+        resumed_at: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ):
+        dataset = args[0] if args else kwargs.get("dataset")
+        if "sampler" in kwargs:
+            kwargs["sampler"] = resumable(kwargs["sampler"], dataset)
         super().__init__(*args, **kwargs)
         if not isinstance(self.sampler, ResumableSampler):
             raise TypeError(f"ResumableLoader needs a ResumableSampler, got {type(self.sampler)}")
-        self.batches_done = batches_done
+        self.batches_done, self.resumed_at = batches_done, resumed_at
 
     def state_dict(self) -> dict[str, int]:
         done = self.batches_done() if self.batches_done is not None else 0
-        return {"epoch": self.sampler.epoch, "batches_done": int(done)}
+        return {
+            "epoch": self.sampler.epoch,
+            "batches_done": int(done),
+            # what the position means: batches of this size, on this many ranks, of this set
+            "batch_size": int(self.batch_size),
+            "world_size": int(self.sampler.num_replicas),
+            "dataset_size": len(self.sampler.dataset),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at the saved position: the next batch, or the next epoch after its last.
+
+        A mid-epoch position is kept in images: with another batch size or rank count the epoch
+        continues at the same image of the same order (every image of the epoch once), and
+        `resumed_at` is told the batch count that position now is. A position that is no whole
+        batch, or a training set of another size, is refused (a ConfigError naming both).
+        """
+        s = self.sampler
         epoch, done = state["epoch"], state["batches_done"]
-        if done >= len(self):  # saved after the epoch's last batch: the next epoch, from its start
+        size = state.get("batch_size", self.batch_size)
+        world = state.get("world_size", s.num_replicas)
+        images = state.get("dataset_size", len(s.dataset))
+        if done >= math.ceil(images / world) // size:  # the epoch's last batch: the next epoch
             epoch, done = epoch + 1, 0
-        self.sampler.set_epoch(epoch)
-        self.sampler.start = done * self.batch_size
+        s.set_epoch(epoch)
+        if (size, world, images) == (self.batch_size, s.num_replicas, len(s.dataset)) or not done:
+            s.start = done * self.batch_size
+            return
+        seen = done * size * world  # the first `seen` images of the epoch's order were trained
+        where = f"epoch {epoch} was saved after {seen} of its {images} training images"
+        if images != len(s.dataset):
+            raise ConfigError(
+                f"Cannot resume mid-epoch with another training set: {where}, this run has "
+                f"{len(s.dataset)}. Resume with the same data, or from a checkpoint saved at an "
+                "epoch's end"
+            )
+        step = self.batch_size * s.num_replicas
+        if seen % step:
+            fits = [b for b in range(1, seen + 1) if seen % (b * s.num_replicas) == 0][-3:]
+            raise ConfigError(
+                f"Cannot resume mid-epoch with data.batch_size={self.batch_size} x "
+                f"{s.num_replicas} devices (the checkpoint's: data.batch_size={size} x {world}): "
+                f"{where}, which is no whole number of batches of {step}. Resume with "
+                f"data.batch_size={size}, or one that divides {seen // s.num_replicas} (e.g. "
+                f"{', '.join(map(str, fits))}), or from a checkpoint saved at an epoch's end"
+            )
+        s.start = seen // s.num_replicas
+        rank_zero_info(
+            f"Resuming at image {seen} of epoch {epoch}: batch {seen // step} of "
+            f"{len(self)} at data.batch_size={self.batch_size} x {s.num_replicas} devices (the "
+            f"checkpoint's: batch {done} at {size} x {world})"
+        )
+        if self.resumed_at is not None:
+            self.resumed_at(seen // step)
