@@ -110,6 +110,14 @@ def test_a_failed_start_leaves_the_runs_files_as_they_were(fitted, tmp_path, cap
     assert not (fresh / "config.yaml").exists() and not (fresh / "wandb-run-id").exists()
 
 
+def test_a_fresh_fit_never_overwrites_an_earlier_run(fitted, capsys):
+    before = _files(fitted)
+    code, err = _fails(capsys, *smoke_args("fit", fitted, *QUIET, *SMALL))  # no --ckpt_path
+    assert code == 2 and f"trainer.default_root_dir={fitted} holds an earlier run" in err
+    assert str(fitted / "config.yaml") in err and "--ckpt_path=last" in err
+    assert _files(fitted) == before
+
+
 # --- predictions and exports: complete or absent, never over an earlier file ---
 
 

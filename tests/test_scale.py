@@ -5,6 +5,7 @@ import csv
 import glob
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -161,7 +162,10 @@ def test_a_fresh_fit_starts_a_new_wandb_run_and_a_resumed_one_keeps_it(tmp_path)
     first = (tmp_path / "wandb-run-id").read_text()
     main([*args, "--trainer.max_epochs=2", "--ckpt_path=last"])
     assert (tmp_path / "wandb-run-id").read_text() == first
-    main([*args, "--trainer.max_epochs=1"])  # no ckpt_path: a new run
+    # a new run in the folder (the earlier one moved away; a fit would not overwrite it)
+    shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "config.yaml").unlink()
+    main([*args, "--trainer.max_epochs=1"])  # no ckpt_path, a wandb-run-id left: a new W&B run
     assert (tmp_path / "wandb-run-id").read_text() != first
 
 

@@ -82,6 +82,7 @@ from vit_lightning.startup import (
     check_checkpoint_file,
     check_config_files,
     check_logger_packages,
+    check_new_run_dir,
     check_run_dir,
     conflict_error,
     hparam_conflicts,
@@ -197,9 +198,13 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             "last": lambda: newest_checkpoint(root, ckpt_dir),
             "best": lambda: best_checkpoint(root, config.get("checkpoint.dirpath") or ckpt_dir),
         }
-        path = resolve_ckpt_path(subcommand, config.get("ckpt_path"), root, ckpt_dir, named)
+        given = config.get("ckpt_path")
+        path = resolve_ckpt_path(subcommand, given, root, ckpt_dir, named)
         if path is not None and os.path.isfile(path):
             check_checkpoint_file(path)
+        fresh = subcommand == "fit" and path is None and str(given) not in named
+        if fresh and is_launching_process():  # `last` finding nothing: a requeued job's start
+            check_new_run_dir(root, ckpt_dir)
         config.ckpt_path = path
 
     def check_ckpt_hparams(self, path: str, before) -> None:

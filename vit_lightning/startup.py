@@ -5,6 +5,7 @@
 - `resolve_ckpt_path`: what `--ckpt_path` names: `last` (the newest checkpoint), `none` (no
   weights, on purpose) or a file. Evaluating with nothing loaded, a missing file and a folder
   are errors.
+- `check_new_run_dir`: a fit that starts afresh never overwrites an earlier run's files.
 - `check_checkpoint_file`: a Lightning checkpoint, from a Lightning version that can read it.
 - `user_settings`, `hparam_conflicts`: LightningCLI replaces the model settings with those saved
   in the checkpoint; here the ones the user set and the checkpoint contradicts are named.
@@ -28,10 +29,11 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from packaging.version import InvalidVersion, Version
 
-from vit_lightning.checkpoints import corrupt_checkpoint, is_local
+from vit_lightning.checkpoints import HPC_CHECKPOINTS, corrupt_checkpoint, is_local
 from vit_lightning.compat import missing_logger_requirements
 from vit_lightning.errors import ConfigError
 
@@ -199,6 +201,26 @@ def resolve_ckpt_path(
     return value
 
 
+def check_new_run_dir(root: str, ckpt_dir: str) -> None:
+    """A fit that starts afresh where an earlier run left its checkpoints or config.yaml would
+    overwrite them (`last.ckpt`, `config.yaml`): it must resume that run or use another folder.
+
+    `--ckpt_path=last` that finds nothing to resume is not checked: a requeued job's first start.
+    SLURM's `hpc_ckpt_*.ckpt` are left to Lightning, which resumes from them on its own there.
+    """
+    if not is_local(root) or any(Path(root).glob(HPC_CHECKPOINTS)):
+        return
+    earlier = sorted(Path(ckpt_dir).glob(f"*{ModelCheckpoint.FILE_EXTENSION}"))
+    earlier += [p for p in [Path(root) / "config.yaml"] if p.is_file()]
+    if earlier:
+        listed = ", ".join(str(p) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
+        raise ConfigError(
+            f"trainer.default_root_dir={root} holds an earlier run ({listed}), which a new fit "
+            "would overwrite. Resume it with --ckpt_path=last, or start the new run in another "
+            "--trainer.default_root_dir (or move the old files away first)"
+        )
+
+
 def check_checkpoint_file(path: str) -> None:
     """A file that is not a Lightning checkpoint, or whose Lightning version cannot be read.
 
@@ -293,7 +315,7 @@ def conflict_error(path: str, conflicts: list[str], root: str) -> ConfigError:
         "A checkpoint is resumed, evaluated and predicted with the settings it was trained with. "
         "Leave these out (or pass the run's own config, --config "
         f"{os.path.join(root, 'config.yaml')}) to use the checkpoint's; to train a new model "
-        "with yours, leave out --ckpt_path (or use another --trainer.default_root_dir)."
+        "with yours, start it in another --trainer.default_root_dir."
     )
 
 
