@@ -32,6 +32,7 @@ import yaml
 from helpers import smoke_args
 from helpers.chaos import SAVE, TRAIN, VALIDATION
 from helpers.cli import cli_command, cli_env
+from helpers.signal_at import signal_at
 
 from vit_lightning.cli import main
 
@@ -264,6 +265,7 @@ class Soak:
         self.setup, self.tmp, self.rng = setup, tmp, random.Random(seed)
         self.tally = Tally(setup.name, seed)
         self.starts = 0
+        self.broken = ""  # why the soak stopped early
         self.step_seconds, self.startup_seconds = 1.0, 10.0  # measured by the straight run
 
     def start(self, root: Path, chaos: list[str]) -> tuple[subprocess.Popen, Path, Path]:
@@ -359,8 +361,8 @@ class Soak:
             killed.add(proc.pid)
         if not it.fell_in:
             self.tally.missed += 1
-            if rc != 0 or problem:
-                self.tally.failures.append(f"exit {rc} {problem} with no signal sent ({log})")
+            if rc != 0 or problem:  # the fit itself fails: nothing more to learn here
+                self.broken = f"exit {rc} {problem} with no signal sent ({log})"
             return None
         it.completed = rc == 0
         it.problems += [problem] if problem else []
@@ -417,7 +419,13 @@ class Soak:
             self.tally.rounds += 1
             root, killed, completed = self.tmp / f"run{self.tally.rounds}", set(), False
             while plans and not completed and time.monotonic() - began < TIME_LIMIT:
+                if _newest_step(root) >= self.setup.steps:
+                    break  # saved at the end, then stopped: no moment left but the resume's
                 it = self.interrupt(root, *plans[0], killed)
+                if self.broken:
+                    self.tally.failures.append(self.broken)
+                    self.tally.seconds = time.monotonic() - began
+                    return self.tally
                 if it is None:
                     completed = True  # the fit ended before the moment
                     continue
@@ -501,16 +509,30 @@ class _Killed(Exception):
     """Stands in for a kill -9 in an in-process fit: the save in progress never completes."""
 
 
+_TWO_EPOCHS = (*ONE.args, "--trainer.max_epochs=2")
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-epoch fit whose epoch 1 beats epoch 0: both write a best checkpoint."""
+    root = tmp_path_factory.mktemp("two_epochs")
+    main(smoke_args("fit", root, *_TWO_EPOCHS))
+    assert list((root / "checkpoints").glob("best-epoch001-*"))
+    return root
+
+
+def _assert_same_run(straight: Path, resumed: Path) -> None:
+    tally = Tally("", 0)
+    assert _files(resumed) == _files(straight)
+    assert _compare_runs(straight, resumed, tally) == [] and tally.bytes_compared > 0
+
+
 def test_a_resume_after_a_kill_between_the_epoch_end_saves_leaves_a_straight_runs_files(
-    tmp_path, monkeypatch
+    two_epochs, tmp_path, monkeypatch
 ):
     """Epoch 1's best checkpoint is written, then the run dies writing last.ckpt. The resumed
     run repeats epoch 1 and saves that best checkpoint again: under its own name, replacing the
     dead attempt's file, not beside it as `-v1` while the first copy stays forever."""
-    args = [*ONE.args, "--trainer.max_epochs=2"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    main(smoke_args("fit", straight, *args))
-    assert list((straight / "checkpoints").glob("best-epoch001-*"))  # epoch 1 beat epoch 0
     save = torch.save
 
     def dies_at_epoch_1s_last(obj, f, *a, **kw):
@@ -520,9 +542,22 @@ def test_a_resume_after_a_kill_between_the_epoch_end_saves_leaves_a_straight_run
 
     monkeypatch.setattr(torch, "save", dies_at_epoch_1s_last)
     with pytest.raises(_Killed):
-        main(smoke_args("fit", resumed, *args, "--ckpt_path=last"))
+        main(smoke_args("fit", tmp_path, *_TWO_EPOCHS, "--ckpt_path=last"))
     monkeypatch.setattr(torch, "save", save)
-    main(smoke_args("fit", resumed, *args, "--ckpt_path=last"))
-    assert _files(resumed) == _files(straight)
-    tally = Tally("", 0)
-    assert _compare_runs(straight, resumed, tally) == [] and tally.bytes_compared > 0
+    main(smoke_args("fit", tmp_path, *_TWO_EPOCHS, "--ckpt_path=last"))
+    _assert_same_run(two_epochs, tmp_path)
+
+
+def test_a_signal_in_an_epochs_last_batch_keeps_its_validation_and_checkpoints(
+    two_epochs, tmp_path
+):
+    """Saved right after an epoch's last batch, the run resumed past that epoch's validation
+    (Lightning starts the next epoch from such a checkpoint): no val/acc for it, no best
+    checkpoint, no epoch-end save. The signal now stops the run in or after that validation."""
+    last = 2 * ONE.steps_per_epoch - 1  # the final epoch's last batch
+    stop = signal_at(last, "SIGTERM")
+    with pytest.raises(SystemExit) as stopped:
+        main(smoke_args("fit", tmp_path, *_TWO_EPOCHS, "--ckpt_path=last", *stop))
+    assert stopped.value.code == 143
+    main(smoke_args("fit", tmp_path, *_TWO_EPOCHS, "--ckpt_path=last"))
+    _assert_same_run(two_epochs, tmp_path)

@@ -32,11 +32,15 @@ class Preemption(Callback):
       `every_n_train_steps` save, so `--ckpt_path=last` continues exactly there.
     - `validate`, `test` and `predict` write nothing: their state (no optimizer, step 0) would
       replace the training checkpoint.
-    - Under DDP the ranks agree at every training batch end (one all-reduce of the signal number, on the host),
-      so all of them save and stop at the same batch whichever rank got the signal. Acting on each
-      rank's own flag let rank 0 wait in the save's barrier while rank 1 waited in the next
-      collective, forever. A signal during validation takes effect at the next training batch, or
-      at the end of training after the final validation (nothing is left to save then).
+    - A fit stops only after a training batch. Under DDP the ranks agree at every training batch
+      end (one all-reduce of the signal number, on the host), so all of them save and stop at the
+      same batch whichever rank got the signal. Acting on each rank's own flag let rank 0 wait in
+      the save's barrier while rank 1 waited in the next collective, forever.
+    - A signal during validation, or in an epoch's last batch, lets that validation and the
+      epoch's checkpoints finish, and takes effect after the next training batch, or at the end of
+      training after the final validation (nothing is left to save then). Lightning resumes a
+      checkpoint saved in validation or after an epoch's last batch at the next epoch, so the
+      rest of that validation, its best checkpoint and any epoch-end step would be lost.
     - A second Ctrl-C stops at once, without saving.
 
     `preempted_by` holds the signal once the run has stopped for it; the CLI turns it into the
@@ -85,7 +89,7 @@ class Preemption(Callback):
                 launcher = trainer.strategy.launcher
                 if signum == signal.SIGTERM and launcher is not None:
                     launcher.kill(signum)  # the DDP ranks this process launched, as Lightning does
-            if trainer.world_size == 1 or trainer.state.fn != TrainerFn.FITTING:
+            if trainer.state.fn != TrainerFn.FITTING:
                 compat.request_stop(trainer)  # eval loops stop at their next batch boundary
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -123,6 +127,10 @@ class Preemption(Callback):
             return
         if signum := self._agreed_signal():  # every rank stops at this batch, or none does
             self._signum = signum
+            if compat.is_last_train_batch(trainer):
+                # a checkpoint from here resumes at the next epoch, past this one's validation
+                # and epoch-end saves; stop after them instead (see the class docstring)
+                return
             self._save(trainer, "after the current batch")
             raise SIGTERMException  # now, on every rank: the epoch's validation would not agree
 
