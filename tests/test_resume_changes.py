@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import smoke_args
-from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.callbacks import Callback, LearningRateFinder, Timer
 from torch.utils.data import Dataset
 
 from vit_lightning.cli import main
@@ -74,7 +74,8 @@ def _lrs(cli) -> list[float]:
     [
         # the first 2 batches, unshuffled, for training and validation (was: a TypeError)
         (["--trainer.overfit_batches=2"], 2, {0: 32}, 2, 2),
-        (["--trainer.fast_dev_run=2"], 2, {0: 32}, 2, 0),
+        # these two worked before; kept as slow regression checks
+        pytest.param(["--trainer.fast_dev_run=2"], 2, {0: 32}, 2, 0, marks=pytest.mark.slow),
         # `1` is one batch, as Trainer(limit_train_batches=1) says (jsonargparse read 1.0: all)
         (
             [
@@ -89,7 +90,11 @@ def _lrs(cli) -> list[float]:
             1,
             0,
         ),
-        (["--trainer.val_check_interval=4", "--trainer.limit_val_batches=0.5"], 8, {0: 128}, 2, 1),
+        pytest.param(
+            ["--trainer.val_check_interval=4", "--trainer.limit_val_batches=0.5"],
+            *(8, {0: 128}, 2, 1),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["overfit_batches", "fast_dev_run", "limits-and-check_val", "val_check_interval"],
 )
@@ -227,13 +232,15 @@ def test_mid_epoch_resume_that_is_no_whole_batch_is_refused(stopped_at_step_4, t
 
 
 def test_longer_max_epochs_on_resume_rederives_the_schedule_and_says_so(tmp_path, caplog):
-    _fit(tmp_path, "--trainer.max_epochs=1", "--model.warmup_epochs=0.5")
+    small = ("--data.init_args.train_size=64", "--model.warmup_epochs=0.5")  # 4 steps per epoch
+    _fit(tmp_path, "--trainer.max_epochs=1", *small)
     with caplog.at_level(logging.INFO):
-        cli = _fit(tmp_path, "--trainer.max_epochs=2", "--model.warmup_epochs=0.5",
-                   "--ckpt_path=last")  # fmt: skip
+        cli = _fit(tmp_path, "--trainer.max_epochs=2", *small, "--ckpt_path=last")
     assert "trainer.max_epochs 1 -> 2" in caplog.text
-    assert "warmup 4 -> 4, total 8 -> 16 steps; at the resume step 8 the lr is" in caplog.text
-    assert cli.trainer.global_step == 16
+    # the lr was at its floor, 1e-5, and jumps back up: said, with both values
+    said = "warmup 2 -> 2, total 4 -> 8 steps; at the resume step 4 the lr is 0.000752 (the "
+    assert said + "checkpoint's schedule: 1e-05)" in caplog.text
+    assert cli.trainer.global_step == 8
 
 
 # -- Lightning's tuner callbacks -------------------------------------------------------------
@@ -246,17 +253,45 @@ LR_FINDER = (
 )
 
 
-def test_learning_rate_finder_lr_is_trained_with_and_kept_on_resume(tmp_path):
+@pytest.mark.slow  # a 16-step search, then 32 steps of training
+def test_learning_rate_finder_lr_is_trained_with_and_kept_on_resume(tmp_path, caplog):
     batch = "--data.init_args.batch_size=8"  # 16 steps per epoch: the search fits in one
     cli = _fit(tmp_path, "--trainer.max_epochs=1", "--model.warmup_epochs=0", batch, *LR_FINDER)
-    found = cli.model.tuned["lr"]
-    assert found != 1e-3 and cli.model.hparams.lr == 1e-3  # hparams keep the configured lr
+    finder = next(c for c in cli.trainer.callbacks if isinstance(c, LearningRateFinder))
+    found = finder.optimal_lr.suggestion()
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
-    assert max(scheduler.base_lrs) == pytest.approx(found)  # what training followed
+    assert found != 1e-3 and max(scheduler.base_lrs) == pytest.approx(found)  # was: 1e-3
+    assert cli.model.tuned["lr"] == found and cli.model.hparams.lr == 1e-3  # as configured
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["hyper_parameters"]["lr"] == 1e-3
     # the same command, resumed longer: no settings conflict, no new search, the found lr
-    again = _fit(tmp_path, "--trainer.max_epochs=2", "--model.warmup_epochs=0", batch,
-                 *LR_FINDER, "--ckpt_path=last")  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        again = _fit(tmp_path, "--trainer.max_epochs=2", "--model.warmup_epochs=0", batch,
+                     *LR_FINDER, "--ckpt_path=last")  # fmt: skip
+    assert "LearningRateFinder not run again" in caplog.text
     assert again.model.tuned["lr"] == found and again.trainer.global_step == 32
     assert max(again.trainer.lr_scheduler_configs[0].scheduler.base_lrs) == pytest.approx(found)
+
+
+def test_batch_size_finder_size_is_trained_with_and_kept_on_resume(tmp_path, caplog):
+    finder = (
+        "--trainer.callbacks+=lightning.pytorch.callbacks.BatchSizeFinder",
+        "--trainer.callbacks.init_val=16",
+        "--trainer.callbacks.max_trials=2",  # 16, then 32: no OOM on a CPU
+        "--trainer.callbacks.steps_per_trial=1",
+        "--model.lr_scaling=linear",
+        "--model.base_batch_size=16",
+        COUNT,
+    )
+    cli = _fit(tmp_path, "--trainer.max_epochs=1", *finder)
+    assert cli.datamodule.batch_size == 32
+    assert _counter(cli).train == {0: 128} and cli.trainer.global_step == 4  # 4 batches of 32
+    # the lr scaled for 32 (was: for the 16 the optimizer had been built with)
+    assert max(cli.trainer.lr_scheduler_configs[0].scheduler.base_lrs) == pytest.approx(2e-3)
+    assert cli.model.tuned == {"batch_size": 32}
+    # resumed: no new search, the found size (the config still says 16), the same lr
+    with caplog.at_level(logging.INFO):
+        again = _fit(tmp_path, "--trainer.max_epochs=2", *finder, "--ckpt_path=last")
+    assert "BatchSizeFinder not run again" in caplog.text
+    assert again.datamodule.batch_size == 32 and _counter(again).train == {1: 128}
+    assert max(again.trainer.lr_scheduler_configs[0].scheduler.base_lrs) == pytest.approx(2e-3)

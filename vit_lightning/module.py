@@ -154,6 +154,7 @@ class ViTClassifier(L.LightningModule):
         self._built_for: tuple[float, int | None] | None = None  # (lr, batch size) of the optimizer
         self._saved_shape: dict[str, Any] | None = None  # the checkpoint's `_run_shape()`
         self._schedule: Schedule | None = None  # the lr schedule in use
+        self._resuming = False  # this fit resumes a checkpoint (set in on_load_checkpoint)
         if teacher is not None:
             check_teacher_weights(teacher, teacher_checkpoint)
             check_teacher(teacher, net)
@@ -220,8 +221,8 @@ class ViTClassifier(L.LightningModule):
             self.pretrained_loaded = True
         if self.teacher is not None and stage == "fit":  # every run, resumed or not
             load_teacher(self.teacher, self.hparams.get("teacher_checkpoint"))
-        if stage == "fit" and self.trainer.ckpt_path is not None:
-            _skip_tuners_on_resume(self.trainer)
+        if stage == "fit":  # see on_load_checkpoint
+            self._built_for, self._resuming, self._saved_shape = None, False, None
 
     def on_fit_start(self) -> None:
         # LearningRateFinder / BatchSizeFinder (callbacks, which run first) changed hparams.lr
@@ -252,11 +253,23 @@ class ViTClassifier(L.LightningModule):
         if any("_orig_mod." in k for k in sd):
             checkpoint["state_dict"] = sd = {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
         check_state_dict_fits(self, sd)  # another architecture or class count
+        # a fit's checkpoint loaded before its optimizer is built: a resume (the tuner callbacks
+        # also reload their own temporary checkpoint, later, in on_fit_start)
+        t = self._trainer
+        self._resuming = t is not None and t.state.fn == "fit" and self._built_for is None
+        if not self._resuming:
+            return
         self.tuned = dict(checkpoint.get(TUNED_KEY, {}))
         shape = checkpoint.get(RUN_SHAPE_KEY)
         self._saved_shape = {**shape, "step": checkpoint.get("global_step", 0)} if shape else None
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if "batch_size" in self.tuned and dm is not None and hasattr(dm, "batch_size"):
+        _skip_tuners_on_resume(t)
+        dm = t.datamodule
+        if "batch_size" in self.tuned and hasattr(dm, "batch_size"):
+            if dm.batch_size != self.tuned["batch_size"]:
+                rank_zero_info(
+                    f"Resuming with data.batch_size={self.tuned['batch_size']}, which "
+                    f"BatchSizeFinder found for this run (configured: {dm.batch_size})"
+                )
             dm.batch_size = int(self.tuned["batch_size"])  # before any train loader is built
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -426,7 +439,7 @@ class ViTClassifier(L.LightningModule):
         image, or is refused when that is no whole batch at the new size.
         """
         schedule = plan(self.trainer, self.hparams.warmup_epochs)
-        saved = self._saved_shape if self.trainer.ckpt_path is not None else None
+        saved = self._saved_shape if self._resuming else None
         if not saved or "schedule" not in saved:
             return schedule
         old = Schedule(*saved["schedule"], schedule.per_epoch, schedule.ends_by)
