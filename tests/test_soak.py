@@ -266,6 +266,7 @@ class Soak:
         self.tally = Tally(setup.name, seed)
         self.starts = 0
         self.broken = ""  # why the soak stopped early
+        self.kills = 0  # SIGKILLs planned at a chosen rank
         self.step_seconds, self.startup_seconds = 1.0, 10.0  # measured by the straight run
 
     def start(self, root: Path, chaos: list[str]) -> tuple[subprocess.Popen, Path, Path]:
@@ -318,7 +319,10 @@ class Soak:
         """The Chaos arguments for a moment of `kind` after global step `step`, and the rank to
         signal (-1: every process of the job)."""
         s, rng = self.setup, self.rng
-        rank = rng.randrange(s.ranks) if sig == "SIGKILL" else 0
+        rank = 0
+        if sig == "SIGKILL" and kind != SAVE:  # only rank 0 writes; a kill alternates from rank 1
+            self.kills += 1
+            rank = self.kills % s.ranks
         if kind == "outside":
             return [], rank if rng.random() < 0.7 else -1  # one process, or the whole job
         if kind == TRAIN:
@@ -328,7 +332,6 @@ class Soak:
             batches = -(-96 // (32 * s.ranks))  # --data.val_size / per-rank batches of 32
             extra = {"batch": rng.randrange(batches), "delay": rng.uniform(0, self.step_seconds)}
         else:  # the k-th write of this start: mid-epoch saves to come, and >= 1 per epoch end
-            rank = 0  # only rank 0 writes
             ahead = range(step + 1, s.steps + 1)
             mid = [t for t in ahead if t % s.every == 0 and t % s.steps_per_epoch]
             writes = len(mid) + s.epochs - step // s.steps_per_epoch
@@ -561,3 +564,38 @@ def test_a_signal_in_an_epochs_last_batch_keeps_its_validation_and_checkpoints(
     assert stopped.value.code == 143
     main(smoke_args("fit", tmp_path, *_TWO_EPOCHS, "--ckpt_path=last"))
     _assert_same_run(two_epochs, tmp_path)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_rank_1_ends_when_rank_0_is_killed_before_the_process_group_is_up(tmp_path):
+    """Lightning's launcher (rank 0) starts rank 1 and then dies: SIGKILL, or a SIGTERM before
+    any handler is in place. Rank 1 used to wait for it in the process group's setup, for the
+    group's 30-minute timeout; it now ends with its launcher."""
+    proc = subprocess.Popen(
+        cli_command(*DDP.fit_args(tmp_path)),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        (rank_1,) = _children(proc.pid)
+        time.sleep(3)  # rank 1 is importing; rank 0 waits for it in the process group's setup
+        proc.kill()
+        proc.wait()
+        assert _group_gone(proc.pid, timeout=30), f"rank 1 (PID {rank_1}) outlived rank 0"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -3,6 +3,12 @@ fit that writes its checkpoints under the names they had."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -12,6 +18,51 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vit_lightning import compat
 from vit_lightning.errors import UserError
+from vit_lightning.run_lock import pid_alive
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+LAUNCHER_PID = "VIT_LIGHTNING_LAUNCHER_PID"  # set by a fit's first process while it runs
+
+
+def end_with_launcher() -> None:
+    """Makes this DDP rank end when the process that started it ends (Linux).
+
+    Lightning's launcher is rank 0, which starts the other ranks as its children during `fit`. It
+    watches them (one that dies takes the job down), but they did not watch it: rank 0 killed, or
+    ended by a SIGTERM before any handler was in place, left rank 1 waiting for it in the process
+    group's setup until the group's timeout (30 min). A rank that `Trainer.fit`'s first process
+    started (it finds that process's PID in LAUNCHER_PID) gets SIGKILL when that process ends;
+    rank 0 writes every file, so nothing is lost. Ranks that torchrun or srun start have a parent
+    of their own and are left alone.
+    """
+    launcher = os.environ.get(LAUNCHER_PID, "")
+    if os.environ.get("LOCAL_RANK", "0") == "0" or not launcher.isdigit():
+        return
+    if not sys.platform.startswith("linux"):
+        return
+    if os.getppid() != int(launcher) and pid_alive(int(launcher)):
+        return  # not its child: another launcher started this rank
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0):
+        return
+    if os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGKILL)  # it ended before prctl: the signal would never come
+
+
+@contextlib.contextmanager
+def _launching() -> Iterator[None]:
+    """LAUNCHER_PID for the ranks Lightning starts during this fit (they inherit os.environ)."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    before = os.environ.get(LAUNCHER_PID)
+    os.environ[LAUNCHER_PID] = str(os.getpid())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(LAUNCHER_PID, None)
+        else:
+            os.environ[LAUNCHER_PID] = before
 
 
 class Trainer(L.Trainer):
@@ -29,8 +80,15 @@ class Trainer(L.Trainer):
     `last.ckpt` (say between the epoch's best and last saves): the resumed run repeats that epoch
     and saves that file again. With the counter, the repeat went to `best-...-v1.ckpt` and the
     first copy, which no checkpoint's state records, stayed in the folder for good. A fresh fit
-    keeps the counter, so it never replaces an earlier run's file. The CLI uses this class.
+    keeps the counter, so it never replaces an earlier run's file.
+
+    A DDP rank started by Lightning's launcher ends with it (`end_with_launcher`). The CLI uses
+    this class.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        end_with_launcher()  # before fit sets up the process group, where rank 1 waits
+        super().__init__(*args, **kwargs)
 
     def fit(
         self,
@@ -45,9 +103,10 @@ class Trainer(L.Trainer):
             for callback in self.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint):
                     compat.disable_version_counter(callback)
-        return super().fit(
-            model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only
-        )
+        with _launching():
+            return super().fit(
+                model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only
+            )
 
     def save_checkpoint(
         self, filepath: _PATH, weights_only: bool | None = None, storage_options: Any = None
