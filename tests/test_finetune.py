@@ -63,6 +63,14 @@ def test_a_resumed_run_keeps_its_weights_whatever_pretrained_says(tmp_path, timm
             assert torch.equal(v, saved[k]), k
     blk = "net.blocks.0.attn.qkv.weight"
     assert not torch.equal(saved[blk], sd[blk.removeprefix("net.")])  # it trained
+    # a run that restores a checkpoint never reads pretrained: a resume on a node whose copy of
+    # the weights (or hub cache) is gone still works
+    gone = tmp_path / "gone.safetensors"
+    cli = main(
+        smoke_args("validate", tmp_path, "--ckpt_path=last", *QUICK, *QUIET)
+        + [f"--model.pretrained={gone}"]
+    )
+    assert torch.equal(cli.model.state_dict()[blk], saved[blk])
 
 
 def test_a_missing_pretrained_file_is_named_before_the_run_starts(tmp_path, capsys):

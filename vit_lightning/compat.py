@@ -8,6 +8,7 @@ upgrade that breaks one of them is caught here and fixed here.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 from contextvars import ContextVar
@@ -55,6 +56,21 @@ def disable_version_counter(callback: ModelCheckpoint) -> None:
     `enable_version_counter` is a constructor argument only, with no public setter.
     """
     callback._enable_version_counter = False
+
+
+class RestoringMixin(L.Trainer):
+    """`trainer.restoring`: the checkpoint a run restores, already known in `setup`.
+
+    Lightning sets `trainer.ckpt_path` only while it restores, after the module's `setup`; a hook
+    there (loading `model.pretrained`) cannot tell a resume from a fresh start. `Trainer._run`
+    gets the selected path (`--ckpt_path`, or SLURM's hpc checkpoint) before it calls setup.
+    """
+
+    restoring: str | None = None
+
+    def _run(self, model: L.LightningModule, ckpt_path: Any = None, **kwargs: Any) -> Any:
+        self.restoring = None if ckpt_path is None else str(ckpt_path)
+        return super()._run(model, ckpt_path=ckpt_path, **kwargs)
 
 
 def _batch_progress(trainer: L.Trainer) -> Any:
@@ -229,6 +245,8 @@ def check() -> list[str]:
         missing.append("lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters")
     if not isinstance(getattr(ModelCheckpoint(), "_enable_version_counter", None), bool):
         missing.append("lightning.pytorch.callbacks.ModelCheckpoint._enable_version_counter")
+    if "ckpt_path" not in inspect.signature(getattr(L.Trainer, "_run", lambda: 0)).parameters:
+        missing.append("lightning.pytorch.Trainer._run(model, ckpt_path)")
     if not callable(getattr(LightningCLI, "_parse_ckpt_path", None)):
         missing.append("lightning.pytorch.cli.LightningCLI._parse_ckpt_path")
     for module, flags in _LOGGER_REQUIREMENTS.values():

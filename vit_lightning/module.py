@@ -216,7 +216,9 @@ class ViTClassifier(L.LightningModule):
         # once per module, and not under a checkpoint: a resumed run, or `test` after `fit` in
         # the same process, keeps the weights it has
         pretrained = self.hparams.get("pretrained")
-        if pretrained and self.trainer.ckpt_path is None and not self.pretrained_loaded:
+        # trainer.ckpt_path is set only after setup; the CLI's Trainer knows the checkpoint now
+        restoring = getattr(self.trainer, "restoring", None) or self.trainer.ckpt_path
+        if pretrained and restoring is None and not self.pretrained_loaded:
             load_pretrained(self.net, pretrained)
             self.pretrained_loaded = True
         if self.teacher is not None and stage == "fit":  # every run, resumed or not

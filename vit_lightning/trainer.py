@@ -65,7 +65,7 @@ def _launching() -> Iterator[None]:
             os.environ[LAUNCHER_PID] = before
 
 
-class Trainer(L.Trainer):
+class Trainer(compat.RestoringMixin, L.Trainer):
     """`lightning.Trainer` whose `save_checkpoint` fails on every rank when one rank fails.
 
     Under DDP only rank 0 writes, and the others wait in a barrier after the write. When the
@@ -82,8 +82,9 @@ class Trainer(L.Trainer):
     first copy, which no checkpoint's state records, stayed in the folder for good. A fresh fit
     keeps the counter, so it never replaces an earlier run's file.
 
-    A DDP rank started by Lightning's launcher ends with it (`end_with_launcher`). The CLI uses
-    this class.
+    A DDP rank started by Lightning's launcher ends with it (`end_with_launcher`), and
+    `trainer.restoring` names the checkpoint a run restores before the module's `setup` (see
+    `compat.RestoringMixin`). The CLI uses this class.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
