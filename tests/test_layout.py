@@ -146,16 +146,6 @@ def test_private_lightning_names_live_in_compat_only():
     assert users == ["compat.py"], f"private Lightning names outside compat.py: {users}"
 
 
-def test_modules_stay_small():
-    # the model may stay one readable file, as in timm and nanoGPT
-    long = {
-        str(p.relative_to(PACKAGE)): n
-        for p in PACKAGE.rglob("*.py")
-        if p.name != "vit.py" and (n := len(p.read_text().splitlines())) > 350
-    }
-    assert not long, f"split these modules (lines): {long}"
-
-
 @pytest.mark.parametrize("args,expected", [([], 0), (["--seed_everything=5"], 5),
                                            (["--seed_everything=5", "--data.loader_seed=3"], 3)])  # fmt: skip
 def test_the_run_seed_reaches_the_datamodule_as_an_argument(args, expected, monkeypatch):
