@@ -3,6 +3,7 @@
 import glob
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import smoke_args
 from PIL import Image
@@ -72,3 +73,30 @@ def test_attention_rollout_and_cls_attention():
     net1 = VisionTransformer(**mnist, depth=1).eval()
     a = net1.attention_maps(x)[0].mean(1)[:, 0, 1:] * 0.5  # the identity adds nothing off [CLS]
     torch.testing.assert_close(attention_rollout(net1, x).flatten(1), a / a.sum(-1, keepdim=True))
+
+
+def test_a_picture_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A save that dies while the PNG is written leaves no half file beside metrics.csv."""
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+    from lightning.pytorch.loggers import CSVLogger
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vit_lightning.callbacks.val_pictures import log_figure
+
+    def dies_half_way(self, out, **kwargs):
+        out.write(b"\x89PNG half")
+        raise OSError("killed")
+
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", dies_half_way)
+    logger = CSVLogger(tmp_path)
+    trainer = SimpleNamespace(loggers=[logger], global_step=3, current_epoch=0)
+    fig = plt.figure()
+    try:
+        with pytest.raises(OSError, match="killed"):
+            log_figure(trainer, "val/attention", fig)
+    finally:
+        plt.close(fig)
+    assert list(tmp_path.rglob("*.png")) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no temp file either

@@ -7,6 +7,7 @@ Logs a grid of predictions on fixed validation images, the confusion matrix, and
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from vit_lightning import viz
+from vit_lightning.checkpoints import write_file
 
 
 class ValPictures(Callback):
@@ -122,6 +124,7 @@ def log_figure(trainer: L.Trainer, key: str, fig: Any) -> None:
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, fig, global_step=step, close=False)
         elif isinstance(logger, CSVLogger):
-            folder = os.path.join(logger.log_dir, "pictures")
-            os.makedirs(folder, exist_ok=True)
-            fig.savefig(os.path.join(folder, f"{key.replace('/', '_')}-epoch{epoch:03d}.png"))
+            png = io.BytesIO()  # rendered first, then written whole: a kill leaves no half PNG
+            fig.savefig(png, format="png")
+            name = f"{key.replace('/', '_')}-epoch{epoch:03d}.png"
+            write_file(os.path.join(logger.log_dir, "pictures", name), png.getvalue())
