@@ -16,7 +16,7 @@ import fsspec
 import pytest
 import torch
 from helpers import smoke_args
-from helpers.cli import cli_command, cli_env
+from helpers.cli import cli_command, cli_env, group_gone
 from helpers.signal_at import signal_at
 from helpers.trainer import quiet_trainer
 from lightning.pytorch.callbacks import Callback
@@ -172,18 +172,6 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     time.sleep(0.3)  # somewhere in a later batch
 
 
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
 def _sigterm_from_outside(root: Path, args: list[str], to_group: bool) -> str:
     """Starts `fit` in its own session, sends SIGTERM once it has saved, to the main process or
     to every process of the group (what a scheduler does); asserts that all of them end with 143
@@ -205,9 +193,9 @@ def _sigterm_from_outside(root: Path, args: list[str], to_group: bool) -> str:
             proc.terminate()
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 143, err[-3000:]
-        assert _group_gone(proc.pid, timeout=10), "a rank or a loader worker outlived the run"
+        assert group_gone(proc.pid, timeout=10), "a rank or a loader worker outlived the run"
     finally:
-        if not _group_gone(proc.pid, 0):
+        if not group_gone(proc.pid, 0):
             os.killpg(proc.pid, signal.SIGKILL)
     assert "Traceback" not in err
     return err

@@ -31,7 +31,7 @@ import torch
 import yaml
 from helpers import smoke_args
 from helpers.chaos import SAVE, TRAIN, VALIDATION
-from helpers.cli import cli_command, cli_env
+from helpers.cli import cli_command, cli_env, group_gone
 from helpers.signal_at import signal_at
 
 from vit_lightning.cli import main
@@ -244,18 +244,6 @@ def _events(path: Path) -> list[list[str]]:
     return [line.split(" ", 4) for line in path.read_text().splitlines() if line.count(" ") >= 3]
 
 
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
 class Soak:
     """Interrupts fits of `setup` at seeded moments, resuming after each, in a row of run folders:
     a folder whose fit completes is compared with the uninterrupted run, and the next
@@ -294,12 +282,12 @@ class Soak:
             proc.wait(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
             problem = f"hang: rank 0 still running after {RUN_TIMEOUT:.0f} s (log {log})"
-        if not problem and not _group_gone(proc.pid, timeout=60):
+        if not problem and not group_gone(proc.pid, timeout=60):
             problem = f"hang: a process of the run outlived rank 0 by 60 s (log {log})"
-        if not _group_gone(proc.pid, 0):
+        if not group_gone(proc.pid, 0):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            _group_gone(proc.pid, 30)
+            group_gone(proc.pid, 30)
         proc.wait()
         return proc.returncode, problem
 
@@ -595,7 +583,7 @@ def test_ddp_rank_1_ends_when_rank_0_is_killed_before_the_process_group_is_up(tm
         time.sleep(3)  # rank 1 is importing; rank 0 waits for it in the process group's setup
         proc.kill()
         proc.wait()
-        assert _group_gone(proc.pid, timeout=30), f"rank 1 (PID {rank_1}) outlived rank 0"
+        assert group_gone(proc.pid, timeout=30), f"rank 1 (PID {rank_1}) outlived rank 0"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

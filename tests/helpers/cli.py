@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers import ROOT, TESTS
@@ -24,3 +25,16 @@ def run_cli(
     """Run the CLI to completion with `env` overrides; stdout and stderr captured as text."""
     cmd, env = cli_command(*args), cli_env(env)
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def group_gone(pgid: int, timeout: float) -> bool:
+    """Whether every process of group `pgid` has ended within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
