@@ -214,11 +214,15 @@ def test_a_sweep_command_line_parses_and_runs(tmp_path, monkeypatch, cifar10, re
         "--trainer.accelerator=cpu",
     ]
     monkeypatch.chdir(repo_root)
-    monkeypatch.setenv("WANDB_RUN_ID", "sweeptrial1")  # the agent's run id wins
-    main([*command[4:-1], *swept, *small])
-    (run_dir,) = glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*"))
-    rec = read_offline_run(run_dir)
-    assert rec["id"] == "sweeptrial1"
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
+    # the agent's run id wins, and each trial of the same command line gets its own folder
+    for run_id in ("sweeptrial1", "sweeptrial2"):
+        monkeypatch.setenv("WANDB_RUN_ID", run_id)
+        main([*command[4:-1], *swept, *small])
+        (run_dir,) = glob.glob(str(tmp_path / "run" / run_id / "wandb" / "offline-run-*"))
+        rec = read_offline_run(run_dir)
+        assert rec["id"] == run_id
+        assert (tmp_path / "run" / run_id / "checkpoints" / "last.ckpt").is_file()
     assert rec["config"]["model"]["lr"] == pytest.approx(trial["model.lr"])
     assert rec["config"]["data"]["init_args"]["augment"] == trial["data.init_args.augment"]
 

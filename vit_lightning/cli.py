@@ -29,7 +29,8 @@ Other wiring:
 - W&B writes under default_root_dir, runs offline when there are no credentials, and receives the
   full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
 - a fit that resumes keeps its W&B run (the id is persisted in default_root_dir), a fresh fit
-  gets a new one; a W&B sweep agent's WANDB_RUN_ID always wins;
+  gets a new one; a W&B sweep agent's WANDB_RUN_ID always wins, and each sweep trial's fit runs
+  in `<default_root_dir>/<WANDB_RUN_ID>`;
 - only a fit writes `<default_root_dir>/config.yaml` (whatever the logger), once training has
   started; a resumed fit rewrites it, and every subcommand accepts it as `--config`;
 - a `UserError` (e.g. a corrupt checkpoint, a NaN loss) prints one line and exits 1; a
@@ -90,9 +91,11 @@ from vit_lightning.startup import (
     user_settings,
     warn_carried_data_args,
 )
-from vit_lightning.wandb_runs import configure_logger, finish_run, save_run_id
+from vit_lightning.wandb_runs import configure_logger, finish_run, save_run_id, sweep_trial_root
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
+# linked to trainer.default_root_dir: `<default_root_dir>/checkpoints`
+CHECKPOINT_DIRS = ("checkpoint.dirpath", "last_checkpoint.dirpath", "preemption.dirpath")
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -170,7 +173,7 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
         parser.add_lightning_class_args(ValPictures, "val_pictures")
-        for key in ("checkpoint.dirpath", "last_checkpoint.dirpath", "preemption.dirpath"):
+        for key in CHECKPOINT_DIRS:
             parser.link_arguments("trainer.default_root_dir", key, compute_fn=checkpoint_dir)
         for key in LINKED_DATA_ARGS:
             parser.link_arguments(
@@ -187,8 +190,13 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             warn_carried_data_args(list(self.args), self.config)
         self.one_batch = [] if isinstance(self.args, dict) else _one_batch_limits(list(self.args))
         sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        if sub == "fit" and (trial := sweep_trial_root(config.trainer.default_root_dir)):
+            config.trainer.default_root_dir = trial  # and what the parser linked to it
+            for key in CHECKPOINT_DIRS:
+                config[key] = checkpoint_dir(trial)
         for key in self.one_batch:  # so config.yaml says 1 too (the Trainer: instantiate_trainer)
-            (self.config[sub] if sub else self.config).trainer[key] = 1
+            config.trainer[key] = 1
 
     def resolve_ckpt_path(self, subcommand: str, config) -> None:
         """`--ckpt_path=last|best|none|<file>` -> the file (see `startup.resolve_ckpt_path`)."""

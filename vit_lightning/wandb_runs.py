@@ -126,6 +126,21 @@ def _offline_mode(init_args: Any) -> bool:
     return (init_args.get("mode") or os.environ.get("WANDB_MODE")) in _OFFLINE_MODES
 
 
+def sweep_trial_root(root: str | None) -> str | None:
+    """`<root>/<WANDB_RUN_ID>` for a fit that a W&B sweep agent started, else None.
+
+    The agent starts every trial with the same command line, so the trials would share one
+    default_root_dir: the second would find the first's checkpoints and config.yaml (and refuse
+    to overwrite them). Each trial gets the folder of its W&B run instead, which also keeps a
+    trial that the agent reruns with the same id resumable.
+    """
+    run_id, sweep = os.environ.get("WANDB_RUN_ID"), os.environ.get("WANDB_SWEEP_ID")
+    root = (root or ".").rstrip("/")
+    if not (run_id and sweep) or root.rpartition("/")[2] == run_id:
+        return None
+    return f"{root}/{run_id}"  # "/" for a URL root too
+
+
 def configure_logger(
     init_args: Any, root: str, subcommand: str | None, resuming: bool
 ) -> str | None:
