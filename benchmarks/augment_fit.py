@@ -32,7 +32,7 @@ def run(seeds: tuple[int, ...] = SEEDS, paths: tuple[str, ...] = tuple(PATHS)) -
             common = ["--config=configs/fashion_mnist.yaml", "--data.augment=trivialaugment",
                       f"--data.device_pipeline={PATHS[path]}", f"--trainer.max_epochs={EPOCHS}",
                       f"--seed_everything={seed}", f"--trainer.default_root_dir={out}"]  # fmt: skip
-            cli_run(out, "fit", *common)
+            cli_run(out, "fit", *common, "--ckpt_path=last")  # resumes a killed run
             cli_run(out, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
 
 

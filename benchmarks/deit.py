@@ -25,7 +25,7 @@ def _fit_and_test(root, config: str, *args: str) -> None:
     if (root / "test.yaml").exists():
         return
     common = [f"--config=configs/{config}.yaml", f"--trainer.default_root_dir={root}", *args]
-    cli_run(root, "fit", *common)
+    cli_run(root, "fit", *common, "--ckpt_path=last")  # resumes a killed run
     cli_run(root, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
 
 

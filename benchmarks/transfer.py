@@ -97,7 +97,7 @@ def run(seeds: tuple[int, ...] = SEEDS) -> None:
     pre = RUNS / "pretrain_s0"  # one pretrained network (seed 0) serves every downstream seed
     common = [f"--config={cfg}/fmnist_pretrain.yaml", f"--trainer.default_root_dir={pre}"]
     if not (pre / "test.yaml").exists():
-        cli_run(pre, "fit", *common)
+        cli_run(pre, "fit", *common, "--ckpt_path=last")
         cli_run(pre, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
     for seed in seeds:  # the three variants per seed
         weights = [f"--model.pretrained={pre / 'checkpoints' / 'last.ckpt'}"]
@@ -112,7 +112,7 @@ def run(seeds: tuple[int, ...] = SEEDS) -> None:
                 continue
             common = [f"--config={cfg}/fmnist_downstream.yaml", *extra[variant],
                       f"--seed_everything={seed}", f"--trainer.default_root_dir={out}"]  # fmt: skip
-            cli_run(out, "fit", *common)
+            cli_run(out, "fit", *common, "--ckpt_path=last")  # resumes a killed run
             cli_run(out, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
 
 
