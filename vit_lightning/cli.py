@@ -137,6 +137,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
     run_lock: RunLock | None = None  # held by a fit's launching process until the fit ends
     run_config: Any = None  # what a fit writes as config.yaml (see LoggerSaveConfigCallback)
+    new_run_dir: tuple[str, str] | None = None  # (root, checkpoint dir) of a fit starting afresh
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
@@ -210,9 +211,10 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         path = resolve_ckpt_path(subcommand, given, root, ckpt_dir, named)
         if path is not None and os.path.isfile(path):
             check_checkpoint_file(path)
+        # a fit with no checkpoint to resume (`last` finding nothing is a requeued job's start):
+        # checked once the run lock is held, so a live fit there is named as such first
         fresh = subcommand == "fit" and path is None and str(given) not in named
-        if fresh and is_launching_process():  # `last` finding nothing: a requeued job's start
-            check_new_run_dir(root, ckpt_dir)
+        self.new_run_dir = (root, ckpt_dir) if fresh and is_launching_process() else None
         config.ckpt_path = path
 
     def check_ckpt_hparams(self, path: str, before) -> None:
@@ -280,6 +282,8 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         # before anything writes there; a remote root has no flock (one writer is up to the user)
         if self.subcommand == "fit" and is_launching_process() and is_local(root):
             self.run_lock = RunLock(root).acquire()
+        if self.subcommand == "fit" and self.new_run_dir is not None:
+            check_new_run_dir(*self.new_run_dir)
         seed, data_args = config.get("seed_everything"), config.get("data.init_args")
         # no loader_seed key: a DataModule without that argument; False: the user turned seeding off
         if type(seed) is int and data_args is not None and data_args.get("loader_seed", 0) is None:
