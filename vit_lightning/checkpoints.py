@@ -11,14 +11,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
 import re
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec.utils
 import torch
@@ -115,26 +117,42 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}@{_host()}")
 
 
-def write_file(path: str | Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a reader sees the old file or the new one, never half.
-
-    A local file is written to `temp_path`, fsynced and renamed over `path`; a remote one (an
-    fsspec URL) is one object, which the store writes whole.
-    """
-    if not is_local(path):
-        get_filesystem(str(path)).pipe_file(str(path), data)
-        return
-    path = _local(path)
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[IO[bytes]]:
+    """Yields a file that replaces local `path` when the block ends: written to `temp_path`,
+    fsynced, renamed over `path` and the rename made durable; on an error, `path` is untouched
+    and the temp file removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+
+
+def write_file(path: str | Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a reader sees the old file or the new one, never half.
+
+    A local file goes through `atomic_write`; a remote one (an fsspec URL) is one object, which
+    the store writes whole.
+    """
+    if not is_local(path):
+        get_filesystem(str(path)).pipe_file(str(path), data)
+        return
+    with atomic_write(_local(path)) as f:
+        f.write(data)
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
@@ -173,27 +191,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(path.parent)
-        tmp = temp_path(path)
         try:
-            with open(tmp, "wb") as f:
+            with atomic_write(path) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except (OSError, RuntimeError) as e:  # torch's zip writer may wrap the OSError
             if _is_disk_full(e):
                 raise disk_full(path) from e
             raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        try:  # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass  # some filesystems cannot fsync a directory
 
     def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
