@@ -36,7 +36,7 @@ format: install ## Apply ruff fixes and formatting
 	$(PY) -m ruff format .
 
 notebooks: install ## Write notebooks/*.ipynb from their jupytext sources notebooks/*.py (no outputs)
-	$(PY) -m vit_lightning.tutorial notebooks/[0-9]*.py
+	$(PY) -m vit_lightning.analysis.tutorial notebooks/[0-9]*.py
 
 fit: install ## Train the default CIFAR-10 recipe (CONFIG=... for another)
 	$(PY) -m vit_lightning fit --config $(CONFIG)

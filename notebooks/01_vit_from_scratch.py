@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vit_lightning import VisionTransformer, viz
-from vit_lightning.module import ViTClassifier
-from vit_lightning.tutorial import (
+from vit_lightning import VisionTransformer
+from vit_lightning.analysis import viz
+from vit_lightning.analysis.tutorial import (
     ARCH,
     STEPS,
     accuracy,
@@ -53,7 +53,8 @@ from vit_lightning.tutorial import (
     quiet_lightning,
     train_tiny_vit,
 )
-from vit_lightning.vit import DropPath, drop_path_rates
+from vit_lightning.models.vit import DropPath, drop_path_rates
+from vit_lightning.module import ViTClassifier
 
 CHECKPOINT = checkpoint_from_env()  # $VIT_CHECKPOINT, e.g. runs/fashion_mnist/checkpoints/last.ckpt
 quiet_lightning()  # a quieter Trainer
@@ -75,7 +76,7 @@ B, C, H, W = x.shape
 p = net.patch_embed.patch_size[0]
 rows, cols = net.patch_embed.grid_size
 D = net.embed_dim
-print("ARCH =", ARCH)  # vit_lightning.tutorial's tiny ViT, shared with notebook 02
+print("ARCH =", ARCH)  # vit_lightning.analysis.tutorial's tiny ViT, shared with notebook 02
 print(f"x {tuple(x.shape)}; {rows}x{cols} patches of {p}x{p}; D={D}")
 print(f"{sum(t.numel() for t in net.parameters()):,} parameters")
 

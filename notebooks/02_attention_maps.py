@@ -39,9 +39,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch.utils.data import DataLoader
 
-from vit_lightning import viz
-from vit_lightning.module import ViTClassifier
-from vit_lightning.tutorial import (
+from vit_lightning.analysis import viz
+from vit_lightning.analysis.tutorial import (
     STEPS,
     accuracy,
     checkpoint_from_env,
@@ -50,6 +49,7 @@ from vit_lightning.tutorial import (
     quiet_lightning,
     train_tiny_vit,
 )
+from vit_lightning.module import ViTClassifier
 
 CHECKPOINT = checkpoint_from_env()  # $VIT_CHECKPOINT, e.g. runs/fashion_mnist/checkpoints/last.ckpt
 quiet_lightning()  # a quieter Trainer

@@ -26,7 +26,7 @@
 #    `wandb.Api()`;
 # 2. **local folders**: `RUNS_DIR` (a folder or a glob such as `runs/*`) is searched for
 #    offline W&B runs (`wandb/offline-run-*`, read without a server by
-#    `vit_lightning.wandb_runs.offline_runs`) and for CSVLogger logs (`metrics.csv`);
+#    `vit_lightning.run.wandb_logger.offline_runs`) and for CSVLogger logs (`metrics.csv`);
 # 3. **a demo**: neither set, it trains three tiny models on synthetic data (the smoke config,
 #    3 epochs, noisier images) that differ only in learning rate, about 10 s each.
 
@@ -40,8 +40,8 @@ import tempfile
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from vit_lightning.tutorial import REPO, best, get, local_runs, series, table
-from vit_lightning.wandb_runs import api_runs
+from vit_lightning.analysis.runs import api_runs, best, get, local_runs, series, table
+from vit_lightning.analysis.tutorial import REPO
 
 RUNS_PATH = os.environ.get("RUNS_PATH")  # "entity/project" on W&B
 RUNS_DIR = os.environ.get("RUNS_DIR")  # folder or glob of run folders

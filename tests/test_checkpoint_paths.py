@@ -10,7 +10,7 @@ import fsspec
 import pytest
 import torch
 
-from vit_lightning.checkpoints import (
+from vit_lightning.run.checkpoints import (
     AtomicCheckpointIO,
     best_checkpoint,
     newest_checkpoint,
@@ -123,7 +123,7 @@ def test_a_fit_on_a_remote_root_resumes_there_and_writes_nothing_local_by_its_na
     from helpers import smoke_args
 
     from vit_lightning.cli import main
-    from vit_lightning.wandb_runs import RUN_ID_FILE
+    from vit_lightning.run.wandb_logger import RUN_ID_FILE
 
     monkeypatch.chdir(tmp_path)
     root = f"memory://{uuid.uuid4().hex}/run"

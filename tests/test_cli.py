@@ -11,8 +11,8 @@ import torch
 from helpers import ROOT, SMOKE, smoke_args
 from PIL import Image
 
+from vit_lightning.analysis.runs import read_offline_run
 from vit_lightning.cli import ViTLightningCLI, main
-from vit_lightning.wandb_runs import read_offline_run
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_every_config_parses(config, capsys):
     net = re.search(r"\n  net:\n    class_path: (\S+)\n", capsys.readouterr().out)
     teacher = "teacher" in Path(config).stem
     assert net and net[1].startswith(
-        "vit_lightning.teachers." if teacher else "vit_lightning.Vision"
+        "vit_lightning.models.teachers." if teacher else "vit_lightning.Vision"
     )
 
 

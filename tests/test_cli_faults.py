@@ -17,9 +17,9 @@ import torch
 from helpers import ROOT, smoke_args
 from helpers.cli import cli_command, cli_env
 
-from vit_lightning import run_lock
 from vit_lightning.cli import main
 from vit_lightning.errors import UserError
+from vit_lightning.run import run_dir as run_lock
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 SMALL = ["--data.train_size=128", "--data.val_size=64", "--data.test_size=64"]
@@ -105,7 +105,7 @@ def test_model_compile_is_the_users_not_the_checkpoints(trained, tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from vit_lightning.run_lock import RunLock
+from vit_lightning.run.run_dir import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)

@@ -13,10 +13,10 @@ from timm.models import vision_transformer as timm_vit  # noqa: E402
 from timm.optim._param_groups import param_groups_layer_decay  # noqa: E402
 
 import vit_lightning  # noqa: E402
-from vit_lightning import deit  # noqa: E402
-from vit_lightning.deit import VisionTransformerDistilled  # noqa: E402
-from vit_lightning.layers import Block  # noqa: E402
-from vit_lightning.vit import checkpoint_filter_fn  # noqa: E402
+from vit_lightning.models import deit  # noqa: E402
+from vit_lightning.models.deit import VisionTransformerDistilled  # noqa: E402
+from vit_lightning.models.layers import Block  # noqa: E402
+from vit_lightning.models.vit import checkpoint_filter_fn  # noqa: E402
 
 TimmDistilled = timm_deit.VisionTransformerDistilled
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)

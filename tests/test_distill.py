@@ -14,11 +14,11 @@ from lightning.pytorch.callbacks import Callback
 from test_resume import _assert_same_run, _config, _fit
 
 from vit_lightning.cli import main
-from vit_lightning.distill import distillation_loss, load_teacher
 from vit_lightning.errors import ConfigError
+from vit_lightning.models.teachers import ConvNet
+from vit_lightning.models.vit import VisionTransformer
 from vit_lightning.module import ViTClassifier
-from vit_lightning.teachers import ConvNet
-from vit_lightning.vit import VisionTransformer
+from vit_lightning.training.distill import distillation_loss, load_teacher
 
 QUICK = ["--trainer.max_epochs=1", "--data.train_size=128", "--data.val_size=64"]
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -177,7 +177,7 @@ def test_a_distilled_student_takes_the_distillation_loss_on_its_distillation_hea
 
 def test_attention_pictures_skip_every_prefix_token():
     from vit_lightning import VisionTransformerDistilled
-    from vit_lightning.viz import attention_rollout, cls_attention
+    from vit_lightning.analysis.viz import attention_rollout, cls_attention
 
     net = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=2,
                                      num_heads=2, num_classes=10, reg_tokens=2)  # fmt: skip
@@ -201,7 +201,7 @@ def test_distillation_under_ddp(tmp_path, run_cli):
 
 
 def test_a_teacher_without_weights_is_refused_before_anything_is_written(tmp_path, capsys):
-    teacher = ["--model.teacher=vit_lightning.teachers.ConvNet", "--model.distillation=hard"]
+    teacher = ["--model.teacher=vit_lightning.models.teachers.ConvNet", "--model.distillation=hard"]
     teacher.append("--model.teacher.init_args.in_chans=3")
     with pytest.raises(SystemExit) as exc:  # W&B on (smoke.yaml's logger): no run may be left
         main(smoke_args("fit", tmp_path, *QUICK, *teacher))

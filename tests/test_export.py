@@ -9,12 +9,13 @@ import pytest
 import torch
 from helpers import smoke_args
 
-from vit_lightning import VisionTransformer, export
-from vit_lightning.checkpoints import best_checkpoint
+from vit_lightning import VisionTransformer
 from vit_lightning.cli import main
 from vit_lightning.errors import ConfigError, UserError
-from vit_lightning.export import export_model
 from vit_lightning.module import ViTClassifier
+from vit_lightning.run import export
+from vit_lightning.run.checkpoints import best_checkpoint
+from vit_lightning.run.export import export_model
 
 DYNAMIC = "--model.net.init_args.dynamic_img_size=true"  # smoke's ViT: 32x32, 8x8 patches
 SIZES = [(32, 32), (48, 40), (16, 64)]  # the build size, then others in whole patches

@@ -9,9 +9,9 @@ import torch
 from helpers import smoke_args
 from torchvision.datasets import CIFAR10
 
-from vit_lightning import checkpoints
 from vit_lightning.cli import main
 from vit_lightning.data import CIFAR10DataModule, FashionMNISTDataModule
+from vit_lightning.run import checkpoints
 
 
 def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -12,9 +12,9 @@ from helpers.signal_at import signal_at
 from safetensors.torch import save_file
 from test_resume import _assert_same_run, _config, _fit
 
-from vit_lightning import pretrained
 from vit_lightning.cli import main
-from vit_lightning.vit import VisionTransformer
+from vit_lightning.models import pretrained
+from vit_lightning.models.vit import VisionTransformer
 
 QUICK = ["--trainer.max_epochs=1", "--data.train_size=128", "--data.val_size=64"]
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]

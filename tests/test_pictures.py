@@ -9,8 +9,8 @@ from helpers import smoke_args
 from PIL import Image
 
 from vit_lightning import VisionTransformer
+from vit_lightning.analysis.viz import attention_rollout, cls_attention
 from vit_lightning.cli import main
-from vit_lightning.viz import attention_rollout, cls_attention
 
 NAMES = ("predictions", "confusion_matrix", "attention")
 

@@ -15,12 +15,12 @@ from timm.models._manipulate import adapt_input_conv as timm_adapt_input_conv
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter_fn
 
-import vit_lightning.pretrained as pretrained
+import vit_lightning.models.pretrained as pretrained
 from vit_lightning.data import SyntheticDataModule
 from vit_lightning.errors import UserError
+from vit_lightning.models.pretrained import adapt_input_conv, load_pretrained
+from vit_lightning.models.vit import VisionTransformer
 from vit_lightning.module import ViTClassifier
-from vit_lightning.pretrained import adapt_input_conv, load_pretrained
-from vit_lightning.vit import VisionTransformer
 
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
 TARGETS = {  # what fine-tuning changes; each needs a resample or a fresh head

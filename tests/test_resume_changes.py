@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from vit_lightning.cli import main
 from vit_lightning.data.sampling import ResumableLoader, ResumableSampler
 from vit_lightning.errors import ConfigError
-from vit_lightning.schedule import plan
+from vit_lightning.training.schedule import plan
 
 TINY = (
     "--trainer.logger=false",

@@ -49,7 +49,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "trainer:\n  logger:\n"
         "    - class_path: lightning.pytorch.loggers.CSVLogger\n"
         f"      init_args: {{save_dir: {root}}}\n"
-        "    - class_path: vit_lightning.wandb_runs.WandbLogger\n"
+        "    - class_path: vit_lightning.run.wandb_logger.WandbLogger\n"
         "      init_args: {project: vit-lightning, offline: true}\n"
     )
     monitor = ["--checkpoint.monitor=val/loss", "--checkpoint.mode=min"]

@@ -19,10 +19,10 @@ from helpers.signal_at import signal_at
 from helpers.trainer import quiet_trainer
 
 from vit_lightning import VisionTransformer
+from vit_lightning.analysis.runs import read_offline_run
 from vit_lightning.cli import main
 from vit_lightning.data import SyntheticDataModule
 from vit_lightning.module import ViTClassifier
-from vit_lightning.wandb_runs import read_offline_run
 
 
 def _csv_metric(save_dir: Path, key: str) -> float:

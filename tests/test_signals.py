@@ -22,8 +22,8 @@ from helpers.trainer import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
 from vit_lightning.callbacks import LastCheckpoint
-from vit_lightning.checkpoints import AtomicCheckpointIO
 from vit_lightning.cli import main
+from vit_lightning.run.checkpoints import AtomicCheckpointIO
 
 QUICK = ("--trainer.max_epochs=1", "--data.train_size=128", "--trainer.logger=false")
 
@@ -99,7 +99,7 @@ def test_sigint_saves_after_the_current_batch_and_exits_130(tmp_path, run_cli):
 _KILLED_MID_SAVE = """
 import os, signal, sys, torch
 from vit_lightning.callbacks import LastCheckpoint
-from vit_lightning.checkpoints import AtomicCheckpointIO
+from vit_lightning.run.checkpoints import AtomicCheckpointIO
 
 def dies_halfway(obj, f):
     f.write(b"PK half a checkpoint")

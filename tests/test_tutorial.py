@@ -1,5 +1,5 @@
-"""The tutorial notebooks' helpers (vit_lightning.tutorial, and the run readers of
-vit_lightning.wandb_runs that notebook 03 uses), on tiny synthetic inputs."""
+"""The tutorial notebooks' helpers (vit_lightning.analysis.tutorial, and the run readers of
+vit_lightning.run.wandb_logger that notebook 03 uses), on tiny synthetic inputs."""
 
 import json
 import sys
@@ -12,28 +12,23 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
-from vit_lightning import VisionTransformer, wandb_runs
-from vit_lightning.data import FashionMNISTDataModule, SyntheticDataModule
-from vit_lightning.tutorial import (
+from vit_lightning import VisionTransformer
+from vit_lightning.analysis import runs as readers
+from vit_lightning.analysis.runs import best, fmt, from_csv, get, local_runs, series, table
+from vit_lightning.analysis.tutorial import (
     ARCH,
     REPO,
     accuracy,
-    best,
     checkpoint_from_env,
     checkpoint_path,
     data_dir,
     datamodule_from_checkpoint,
-    fmt,
-    from_csv,
-    get,
     load_data,
-    local_runs,
     notebook_text,
-    series,
-    table,
     train_tiny_vit,
     write_notebooks,
 )
+from vit_lightning.data import FashionMNISTDataModule, SyntheticDataModule
 
 
 def tiny_synthetic(**kwargs) -> SyntheticDataModule:
@@ -184,7 +179,7 @@ def fake_offline_reader(monkeypatch):
     def read(run_dir):
         return json.loads((Path(run_dir) / "run.json").read_text())
 
-    monkeypatch.setattr(wandb_runs, "read_offline_run", read)
+    monkeypatch.setattr(readers, "read_offline_run", read)
 
 
 def offline_run(folder: Path, run_id: str, config: dict, history: list, summary: dict) -> str:
@@ -213,7 +208,7 @@ def test_offline_runs_merges_the_folders_of_a_resumed_run_in_time_order(
     other = offline_run(
         offline_folder(tmp_path / "lr2", "20240101_110000", "xyz"), "xyz", {}, [{"epoch": 0}], {}
     )
-    runs = wandb_runs.offline_runs([resumed, first, other])
+    runs = readers.offline_runs([resumed, first, other])
     assert [r["name"] for r in runs] == ["lr2 (xyz)", "lr1 (abc)"]  # <default_root_dir> (<id>)
     abc = runs[1]
     assert [row["epoch"] for row in abc["history"]] == [0, 1, 2, 3]
@@ -249,7 +244,7 @@ def test_api_runs_reads_every_run_of_a_project(monkeypatch):
             return [run]
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    assert wandb_runs.api_runs("me/vit") == [
+    assert readers.api_runs("me/vit") == [
         {
             "name": "lr1 (abc)",
             "config": {"model": {"lr": 0.1}},

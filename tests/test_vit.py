@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vit_lightning import VisionTransformer, vit_small_patch4_32, vit_tiny_patch4_32
-from vit_lightning.vit import Attention, DropPath, drop_path_rates
+from vit_lightning.models.vit import Attention, DropPath, drop_path_rates
 
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
 

@@ -17,8 +17,8 @@ from timm.models import vision_transformer as timm_vit  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.optim._param_groups import param_groups_layer_decay  # noqa: E402
 
-from vit_lightning import layers, vit  # noqa: E402
-from vit_lightning.vit import (  # noqa: E402
+from vit_lightning.models import layers, vit  # noqa: E402
+from vit_lightning.models.vit import (  # noqa: E402
     Block,
     VisionTransformer,
     checkpoint_filter_fn,

@@ -11,7 +11,7 @@ from timm.layers import resample_abs_pos_embed as timm_resample  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 
 import vit_lightning  # noqa: E402
-from vit_lightning.vit import VisionTransformer, checkpoint_filter_fn, resample_abs_pos_embed  # noqa: E402
+from vit_lightning.models.vit import VisionTransformer, checkpoint_filter_fn, resample_abs_pos_embed  # noqa: E402
 
 # Small but complete models: each config exercises one option of the contract.
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
@@ -161,7 +161,7 @@ def test_drop_path_train_mode_masks_match_timm():
 def test_drop_path_function_matches_timm_per_sample():
     from timm.layers import drop_path as timm_drop_path
 
-    from vit_lightning.vit import drop_path
+    from vit_lightning.models.vit import drop_path
 
     x = torch.randn(64, 5, 8)
     torch.manual_seed(7)

@@ -12,8 +12,8 @@ from timm.layers import build_sincos2d_pos_embed as timm_sincos  # noqa: E402
 from timm.models import vision_transformer as timm_vit  # noqa: E402
 from timm.optim._param_groups import param_groups_layer_decay  # noqa: E402
 
-from vit_lightning.layers import Block  # noqa: E402
-from vit_lightning.vit import (  # noqa: E402
+from vit_lightning.models.layers import Block  # noqa: E402
+from vit_lightning.models.vit import (  # noqa: E402
     VisionTransformer,
     build_sincos2d_pos_embed,
     checkpoint_filter_fn,

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from helpers import smoke_args
 
-from vit_lightning import wandb_runs
+from vit_lightning.run import wandb_logger as wandb_runs
 
 VIEWER = json.dumps({"data": {"viewer": {"id": "VXNlcjox", "entity": "someone"}}}).encode()
 
@@ -127,7 +127,7 @@ def test_a_wandb_init_that_fails_after_the_probe_falls_back_to_offline(tmp_path,
         tmp_path,
         "--trainer.max_epochs=1",
         "--data.train_size=128",
-        "--trainer.logger.class_path=vit_lightning.wandb_runs.WandbLogger",
+        "--trainer.logger.class_path=vit_lightning.run.wandb_logger.WandbLogger",
         "--trainer.logger.init_args.offline=false",
     )
     with http_server(500, probe_status=200) as port:

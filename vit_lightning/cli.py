@@ -14,7 +14,7 @@ Callbacks and plugins every run gets. The first seven are config groups (`--<gro
   CheckpointIO): checkpoint files are complete or absent, and a damaged one is named.
 
 Other wiring:
-- the Trainer is `vit_lightning.trainer.Trainer` (plus `export`): a checkpoint save that fails on one rank fails on
+- the Trainer is `vit_lightning.run.trainer.Trainer` (plus `export`): a checkpoint save that fails on one rank fails on
   all of them at once, instead of leaving the others in a barrier;
 - the DataModule's num_classes, in_chans and img_size are linked into the network's arguments;
 - the resolved `seed_everything` reaches the DataModule as `data.init_args.loader_seed`;
@@ -25,7 +25,7 @@ Other wiring:
   stop the run (LightningCLI would let the checkpoint's win silently);
 - one live fit per default_root_dir (`run_lock`); a killed run's lock does not block its resume;
 - settings that cannot work stop the run at startup (`startup`), with exit code 2;
-- `export` (vit_lightning/export.py) writes a checkpoint's network as ONNX or torch.export;
+- `export` (vit_lightning/run/export.py) writes a checkpoint's network as ONNX or torch.export;
 - W&B writes under default_root_dir, runs offline when there are no credentials, and receives the
   full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
 - a fit that resumes keeps its W&B run (the id is persisted in default_root_dir), a fresh fit
@@ -62,36 +62,44 @@ from vit_lightning.callbacks import (
     RunSummary,
     ValPictures,
 )
-from vit_lightning.checkpoints import (
-    AtomicCheckpointIO,
-    best_checkpoint,
-    checkpoint_dir,
-    is_local,
-    newest_checkpoint,
-    write_file,
-)
 from vit_lightning.compat import CkptPathErrorsMixin
 from vit_lightning.data import ImageDataModule
 from vit_lightning.errors import ConfigError, UserError
-from vit_lightning.export import ExportSubcommand
+from vit_lightning.models.pretrained import local_problem
 from vit_lightning.module import ViTClassifier, check_optimizer_flags
-from vit_lightning.pretrained import local_problem
-from vit_lightning.run_lock import RunLock, is_launching_process
-from vit_lightning.startup import (
-    USER_WINS,
-    check_accelerator,
+from vit_lightning.run.checkpoints import (
+    AtomicCheckpointIO,
+    best_checkpoint,
     check_checkpoint_file,
-    check_config_files,
-    check_logger_packages,
+    checkpoint_dir,
+    corrupt_checkpoint,
+    newest_checkpoint,
+    resolve_ckpt_path,
+)
+from vit_lightning.run.export import ExportSubcommand
+from vit_lightning.run.files import is_local, write_file
+from vit_lightning.run.run_dir import (
+    RunLock,
     check_new_run_dir,
     check_run_dir,
+    is_launching_process,
+)
+from vit_lightning.run.settings import (
+    USER_WINS,
+    check_config_files,
+    check_logger_packages,
     conflict_error,
     hparam_conflicts,
-    resolve_ckpt_path,
     user_settings,
     warn_carried_data_args,
 )
-from vit_lightning.wandb_runs import configure_logger, finish_run, save_run_id, sweep_trial_root
+from vit_lightning.run.trainer import Trainer, check_accelerator
+from vit_lightning.run.wandb_logger import (
+    configure_logger,
+    finish_run,
+    save_run_id,
+    sweep_trial_root,
+)
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
 # linked to trainer.default_root_dir: `<default_root_dir>/checkpoints`
@@ -141,6 +149,7 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
+        kwargs.setdefault("trainer_class", Trainer)  # every subcommand's, `export` included
         try:
             super().__init__(ViTClassifier, ImageDataModule, subclass_mode_data=True, **kwargs)
         except SystemExit as e:
@@ -216,6 +225,9 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         fresh = subcommand == "fit" and path is None and str(given) not in named
         self.new_run_dir = (root, ckpt_dir) if fresh and is_launching_process() else None
         config.ckpt_path = path
+
+    def unreadable_checkpoint(self, path: str, e: Exception) -> Exception:
+        return corrupt_checkpoint(path, e)
 
     def check_ckpt_hparams(self, path: str, before) -> None:
         sub, settings = self.config.subcommand, user_settings(self.args)

@@ -19,8 +19,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.core.mixins import hparams_mixin
 
-from vit_lightning.checkpoints import corrupt_checkpoint
-
 try:
     # A DistributedSampler that does not pad the eval set to a multiple of the world size, so
     # every sample is counted once (the default sampler repeats some and skews val/acc under DDP).
@@ -43,7 +41,7 @@ def given_hyperparameters() -> bool:
 def dump_checkpoint(trainer: L.Trainer, weights_only: bool | None = None) -> dict[str, Any]:
     """The checkpoint dict `trainer.save_checkpoint` would write.
 
-    `vit_lightning.trainer.Trainer` saves it with its ranks agreeing on success; Lightning's
+    `vit_lightning.run.trainer.Trainer` saves it with its ranks agreeing on success; Lightning's
     `save_checkpoint` builds it and saves in one call, with no public way to get the dict alone.
     """
     return trainer._checkpoint_connector.dump_checkpoint(weights_only)
@@ -146,6 +144,10 @@ class CkptPathErrorsMixin(LightningCLI):
     def check_ckpt_hparams(self, path: str, before: Any) -> None:
         """Hook: `self.config` holds the checkpoint's hyperparameters, `before` the user's."""
 
+    def unreadable_checkpoint(self, path: str, e: Exception) -> Exception:
+        """Hook: the error to raise for a checkpoint whose hyperparameters cannot be read."""
+        return e
+
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if not subcommand:
@@ -156,7 +158,7 @@ class CkptPathErrorsMixin(LightningCLI):
         try:
             super()._parse_ckpt_path()
         except Exception as e:
-            raise corrupt_checkpoint(path, e) from e
+            raise self.unreadable_checkpoint(path, e) from e
         if path and os.path.isfile(path):  # Lightning reads hparams from local files only
             self.check_ckpt_hparams(str(path), before)
 

@@ -15,19 +15,18 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vit_lightning import compat
-from vit_lightning.distill import (
+from vit_lightning.errors import ConfigError
+from vit_lightning.models.pretrained import check_state_dict_fits, load_pretrained
+from vit_lightning.training.distill import (
     Distillation,
     check_teacher,
     check_teacher_weights,
     distillation_loss,
     load_teacher,
 )
-from vit_lightning.errors import ConfigError
-from vit_lightning.finetune import Freeze, check_layer_decay, param_groups
-from vit_lightning.finetune import freeze as freeze_layers
-from vit_lightning.pretrained import load_pretrained
-from vit_lightning.schedule import Schedule, plan
-from vit_lightning.startup import check_state_dict_fits
+from vit_lightning.training.finetune import Freeze, check_layer_decay, param_groups
+from vit_lightning.training.finetune import freeze as freeze_layers
+from vit_lightning.training.schedule import Schedule, plan
 
 
 class ViTClassifier(L.LightningModule):
@@ -58,7 +57,7 @@ class ViTClassifier(L.LightningModule):
             wraps the module as usual.
         pretrained: Initial weights of `net` for fine-tuning: a file in timm's format (.pth,
             .pt, .bin, .safetensors), a checkpoint of this template (.ckpt), a timm model name
-            or an `hf-hub:` id (see `vit_lightning.pretrained`). Position embeddings and the
+            or an `hf-hub:` id (see `vit_lightning.models.pretrained`). Position embeddings and the
             patch kernel are resampled, a head of another class count is re-initialised. Loaded
             at the start of a run that does not resume (`--ckpt_path` unset or none), so a
             resumed run keeps its own weights.
@@ -69,8 +68,8 @@ class ViTClassifier(L.LightningModule):
         grad_checkpointing: Recompute each block's activations in the backward pass
             (`net.set_grad_checkpointing()`): less memory, same gradients, more compute.
         teacher: Knowledge distillation's teacher (DeiT), any classifier of the data's input
-            and classes, e.g. `vit_lightning.teachers.ResNet`. Frozen, in eval mode, not saved
-            in checkpoints (see `vit_lightning.distill`).
+            and classes, e.g. `vit_lightning.models.teachers.ResNet`. Frozen, in eval mode, not saved
+            in checkpoints (see `vit_lightning.training.distill`).
         teacher_checkpoint: The teacher's weights: a state_dict file or a template `.ckpt`;
             "none" distils from its random initial weights on purpose. Required unless the
             teacher loads its own weights and says so (`has_weights = True`).
@@ -219,7 +218,7 @@ class ViTClassifier(L.LightningModule):
         # trainer.ckpt_path is set only after setup; the CLI's Trainer knows the checkpoint now
         restoring = getattr(self.trainer, "restoring", None) or self.trainer.ckpt_path
         if pretrained and restoring is None and not self.pretrained_loaded:
-            load_pretrained(self.net, pretrained)
+            rank_zero_info(load_pretrained(self.net, pretrained).summary())
             self.pretrained_loaded = True
         if self.teacher is not None and stage == "fit":  # every run, resumed or not
             load_teacher(self.teacher, self.hparams.get("teacher_checkpoint"))

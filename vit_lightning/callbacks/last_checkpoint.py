@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vit_lightning import compat
-from vit_lightning.checkpoints import is_local, remove_stale_temp_files
+from vit_lightning.run.files import is_local, remove_stale_temp_files
 
 
 class LastCheckpoint(ModelCheckpoint):

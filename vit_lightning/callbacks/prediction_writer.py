@@ -13,8 +13,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vit_lightning.checkpoints import remove_stale_temp_files, temp_path
 from vit_lightning.errors import UserError
+from vit_lightning.run.files import remove_stale_temp_files, temp_path
 
 _FIX = "set --prediction_writer.output_file to a CSV path in a writable folder."
 

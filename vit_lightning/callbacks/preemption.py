@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vit_lightning import compat
-from vit_lightning.checkpoints import LAST_CHECKPOINT, checkpoint_dir
+from vit_lightning.run.checkpoints import LAST_CHECKPOINT, checkpoint_dir
 
 
 class Preemption(Callback):
@@ -174,42 +174,3 @@ class Preemption(Callback):
             f"{signal.Signals(self.preempted_by).name} received: {fn.value} stopped "
             f"without saving ({why})."
         )
-
-
-def loader_worker_init(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: a stop signal meant for the whole job is the main process's.
-
-    A scheduler signals every process of the job, and Ctrl-C the whole process group. A loader
-    worker that died of it would make the main process raise mid-batch instead of stopping
-    cleanly, and the main process ends its workers itself once it has stopped. A SIGTERM from the
-    main process (DataLoader shutdown, interpreter exit) still ends the worker at once, as torch's
-    own worker handler does; telling the two apart needs the sender, which only `sigwaitinfo` has.
-
-    Without it (macOS) the worker ignores its first SIGTERM, the job's, and ends on the next one:
-    the main process's `terminate()` when it shuts its loaders down or exits (multiprocessing
-    terminates and then joins, without a time limit, any worker still alive at exit). Otherwise a
-    Trainer's teardown ends workers through torch's `_shutdown_workers` (the done event and the
-    None that ends their loop), and a worker whose main process died ends within 5 s (torch's
-    `ManagerWatchdog`). Given up: a worker that is sent its main process's SIGTERM with no job
-    SIGTERM before it survives that one signal, until the next or the watchdog.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):
-        seen: list[int] = []
-
-        def second_ends(signum: int, frame: Any) -> None:
-            if seen:
-                os._exit(0)
-            seen.append(signum)
-
-        signal.signal(signal.SIGTERM, second_ends)
-        return
-    parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
-
-    def wait_for_parent() -> None:
-        while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-                os._exit(0)
-
-    threading.Thread(target=wait_for_parent, name="sigterm-from-parent", daemon=True).start()

@@ -2,7 +2,7 @@
 
 Logs a grid of predictions on fixed validation images, the confusion matrix, and attention maps
 ([CLS] per head, plus rollout) to W&B (`log_image`), TensorBoard (`add_figure`) and CSV loggers
-(PNG files next to metrics.csv). The figures themselves are drawn by `vit_lightning.viz`.
+(PNG files next to metrics.csv). The figures themselves are drawn by `vit_lightning.analysis.viz`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from vit_lightning import viz
-from vit_lightning.checkpoints import write_file
+from vit_lightning.analysis import viz
+from vit_lightning.run.files import write_file
 
 
 class ValPictures(Callback):

@@ -10,6 +10,9 @@ A dataset subclass sets `num_classes`, `in_chans`, `img_size`, `class_names`, `m
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from typing import Any
 
 import lightning as L
@@ -17,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from vit_lightning.callbacks.preemption import loader_worker_init
 from vit_lightning.compat import (
     UnrepeatedDistributedSampler,
     set_train_batches_done,
@@ -27,7 +29,7 @@ from vit_lightning.data.augment import NO_AUGMENT, Policy
 from vit_lightning.data.device_pipeline import ResidentImages, passthrough
 from vit_lightning.data.folder import ImageFolderFlat
 from vit_lightning.data.sampling import ResumableLoader, ResumableSampler, SeededView
-from vit_lightning.startup import check_train_batches
+from vit_lightning.errors import ConfigError
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -198,3 +200,64 @@ class ImageDataModule(L.LightningDataModule):
             )
             return ds.batch(**{k: v for k, v in batch.items() if k != "split"})
         return batch
+
+
+def check_train_batches(trainer: L.Trainer) -> None:
+    """A fit with no training step (batch_size above the training set, drop_last) is an error:
+    Lightning would print "No training batches" and exit 0."""
+    dm = trainer.datamodule
+    if dm is None or not hasattr(dm, "train_dataloader"):
+        return
+    loader = dm.train_dataloader()
+    try:
+        if len(loader) > 0:
+            return
+        per_device = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+    except TypeError:  # an iterable dataset: no length to check
+        return
+    world = trainer.world_size
+    split = f"{per_device} per device over {world} devices" if world > 1 else "on 1 device"
+    raise ConfigError(
+        f"data.batch_size={loader.batch_size} is larger than the training set "
+        f"({len(loader.dataset)} images, {split}), and the incomplete last batch is dropped: fit "
+        f"would train no step. Set data.batch_size to at most {per_device}, or train on more data"
+    )
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: a stop signal meant for the whole job is the main process's.
+
+    A scheduler signals every process of the job, and Ctrl-C the whole process group. A loader
+    worker that died of it would make the main process raise mid-batch instead of stopping
+    cleanly, and the main process ends its workers itself once it has stopped. A SIGTERM from the
+    main process (DataLoader shutdown, interpreter exit) still ends the worker at once, as torch's
+    own worker handler does; telling the two apart needs the sender, which only `sigwaitinfo` has.
+
+    Without it (macOS) the worker ignores its first SIGTERM, the job's, and ends on the next one:
+    the main process's `terminate()` when it shuts its loaders down or exits (multiprocessing
+    terminates and then joins, without a time limit, any worker still alive at exit). Otherwise a
+    Trainer's teardown ends workers through torch's `_shutdown_workers` (the done event and the
+    None that ends their loop), and a worker whose main process died ends within 5 s (torch's
+    `ManagerWatchdog`). Given up: a worker that is sent its main process's SIGTERM with no job
+    SIGTERM before it survives that one signal, until the next or the watchdog.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        seen: list[int] = []
+
+        def second_ends(signum: int, frame: Any) -> None:
+            if seen:
+                os._exit(0)
+            seen.append(signum)
+
+        signal.signal(signal.SIGTERM, second_ends)
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
+
+    def wait_for_parent() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_parent, name="sigterm-from-parent", daemon=True).start()

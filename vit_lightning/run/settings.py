@@ -22,25 +22,18 @@ import importlib
 import importlib.util
 import os
 import shlex
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from packaging.version import InvalidVersion, Version
+from lightning.pytorch.utilities import rank_zero_warn
 
-from vit_lightning.checkpoints import HPC_CHECKPOINTS, corrupt_checkpoint, is_local
 from vit_lightning.compat import missing_logger_requirements
 from vit_lightning.errors import ConfigError
+from vit_lightning.run.checkpoints import EVAL_SUBCOMMANDS
 
-UNTRAINED = "none"  # --ckpt_path=none: evaluate or predict the untrained model, on purpose
-EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 SUBCOMMANDS = ("fit", *EVAL_SUBCOMMANDS, "export")
-VERSION_KEY = "pytorch-lightning_version"  # in every checkpoint Lightning writes
 # model settings that change how the model runs (or, for pretrained, only a fresh start), not
 # what a resumed run computes: the user's value wins
 USER_WINS = ("model.compile", "model.pretrained", "model.grad_checkpointing")
@@ -141,114 +134,6 @@ def check_logger_packages(args: list[str]) -> None:
             )
 
 
-def resolve_ckpt_path(
-    subcommand: str,
-    value: Any,
-    root: str,
-    ckpt_dir: str,
-    named: Mapping[str, Callable[[], Path | None]],
-) -> str | None:
-    """The checkpoint file `--ckpt_path=value` means, or None for no checkpoint.
-
-    `named` maps names such as `last` to a function that finds that checkpoint of the run in
-    `root` (None when there is none). A fit that finds none starts afresh (a first run under a
-    requeue script); evaluation and predict need weights unless `--ckpt_path=none` says not.
-    """
-    if value is None:
-        if subcommand in EVAL_SUBCOMMANDS:
-            newest = named["last"]() if "last" in named else None
-            here = f"it found {newest}" if newest else f"{ckpt_dir} has no checkpoint yet"
-            raise ConfigError(
-                f"{subcommand} without --ckpt_path would use the untrained model's random "
-                f"weights. Pass --ckpt_path=last (the newest checkpoint of the run in {root}: "
-                f"{here}), --ckpt_path=<file>, or --ckpt_path={UNTRAINED} to {subcommand} the "
-                "untrained model on purpose"
-            )
-        return None
-    value = str(value)
-    if value.lower() == UNTRAINED:
-        return None
-    if value in named:
-        found = named[value]()
-        if found is not None:
-            verb = "resuming from" if subcommand == "fit" else "loading"
-            rank_zero_info(f"ckpt_path={value}: {verb} {found} (the {value} checkpoint)")
-            return str(found)
-        searched = f"no {value} checkpoint in {ckpt_dir} (the run folder is {root})"
-        if subcommand == "fit":
-            rank_zero_info(f"ckpt_path={value}: {searched}; starting a new run")
-            return None
-        raise ConfigError(
-            f"--ckpt_path={value}: {searched}. Point --trainer.default_root_dir at the run that "
-            f"holds the weights, pass --ckpt_path=<file>, or --ckpt_path={UNTRAINED} to "
-            f"{subcommand} the untrained model on purpose"
-        )
-    if not is_local(value):
-        return value  # s3://, gs://: Lightning's own IO reads those
-    path = Path(value.removeprefix("file://"))
-    if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*.ckpt"))[:5]
-        raise ConfigError(
-            f"--ckpt_path={value} is a folder; pass one checkpoint file in it"
-            + (f" ({', '.join(inside)})" if inside else " (it holds no *.ckpt file)")
-            + ", or --ckpt_path=last with --trainer.default_root_dir set to the run's folder"
-        )
-    if not path.exists():
-        raise ConfigError(
-            f"--ckpt_path={value}: no such file. Check the path, or pass --ckpt_path=last to "
-            f"take the newest checkpoint of the run in {root}"
-        )
-    return value
-
-
-def check_new_run_dir(root: str, ckpt_dir: str) -> None:
-    """A fit that starts afresh where an earlier run left its checkpoints or config.yaml would
-    overwrite them (`last.ckpt`, `config.yaml`): it must resume that run or use another folder.
-
-    `--ckpt_path=last` that finds nothing to resume is not checked: a requeued job's first start.
-    SLURM's `hpc_ckpt_*.ckpt` are left to Lightning, which resumes from them on its own there.
-    """
-    if not is_local(root) or any(Path(root).glob(HPC_CHECKPOINTS)):
-        return
-    earlier = sorted(Path(ckpt_dir).glob(f"*{ModelCheckpoint.FILE_EXTENSION}"))
-    earlier += [p for p in [Path(root) / "config.yaml"] if p.is_file()]
-    if earlier:
-        listed = ", ".join(str(p) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
-        raise ConfigError(
-            f"trainer.default_root_dir={root} holds an earlier run ({listed}), which a new fit "
-            "would overwrite. Resume it with --ckpt_path=last, or start the new run in another "
-            "--trainer.default_root_dir (or move the old files away first)"
-        )
-
-
-def check_checkpoint_file(path: str) -> None:
-    """A file that is not a Lightning checkpoint, or whose Lightning version cannot be read.
-
-    Memory-mapped, so only the small parts read here leave the disk.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated zip, garbage, unpicklable: the corrupt-file message
-        raise corrupt_checkpoint(path, e) from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        held = ", ".join(map(str, list(ckpt)[:4])) if isinstance(ckpt, dict) else type(ckpt)
-        raise ConfigError(
-            f"--ckpt_path={path} is not a Lightning checkpoint: it has no 'state_dict' (it "
-            f"holds {held}). Bare weights (e.g. timm's) load into the network with "
-            "load_state_dict, not through --ckpt_path"
-        )
-    version = ckpt.get(VERSION_KEY)
-    try:
-        Version(str(version))
-    except InvalidVersion:
-        raise ConfigError(
-            f"--ckpt_path={path} does not say which Lightning version wrote it "
-            f"({VERSION_KEY}={version!r}; this is Lightning {L.__version__}), so Lightning cannot "
-            f"upgrade and load it. If you know the version, set checkpoint[{VERSION_KEY!r}] to "
-            "it; otherwise load its state_dict into the model by hand"
-        ) from None
-
-
 def _plain(key: str) -> str:
     """`model.net.depth` for `fit.model.net.init_args.depth`: one spelling for every source."""
     parts = [p for p in key.split(".") if p not in ("init_args", "dict_kwargs")]
@@ -317,92 +202,6 @@ def conflict_error(path: str, conflicts: list[str], root: str) -> ConfigError:
         f"{os.path.join(root, 'config.yaml')}) to use the checkpoint's; to train a new model "
         "with yours, start it in another --trainer.default_root_dir."
     )
-
-
-def check_accelerator(accelerator: Any) -> None:
-    """`--trainer.accelerator=gpu` where torch sees no GPU: one line, not Lightning's traceback."""
-    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        hint = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
-        raise ConfigError(
-            f"trainer.accelerator={accelerator}, but torch finds no CUDA GPU on this machine "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}{hint}). Use "
-            "--trainer.accelerator=cpu, or auto to take whatever is there"
-        )
-
-
-def check_train_batches(trainer: L.Trainer) -> None:
-    """A fit with no training step (batch_size above the training set, drop_last) is an error:
-    Lightning would print "No training batches" and exit 0."""
-    dm = trainer.datamodule
-    if dm is None or not hasattr(dm, "train_dataloader"):
-        return
-    loader = dm.train_dataloader()
-    try:
-        if len(loader) > 0:
-            return
-        per_device = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
-    except TypeError:  # an iterable dataset: no length to check
-        return
-    world = trainer.world_size
-    split = f"{per_device} per device over {world} devices" if world > 1 else "on 1 device"
-    raise ConfigError(
-        f"data.batch_size={loader.batch_size} is larger than the training set "
-        f"({len(loader.dataset)} images, {split}), and the incomplete last batch is dropped: fit "
-        f"would train no step. Set data.batch_size to at most {per_device}, or train on more data"
-    )
-
-
-def check_state_dict_fits(model: torch.nn.Module, sd: Mapping[str, Any]) -> None:
-    """A checkpoint of another architecture or class count, named key by key (load_state_dict
-    would raise a traceback that lists every key)."""
-    own = model.state_dict()
-    lines = [
-        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
-        for k, v in sd.items()
-        if k in own and hasattr(v, "shape") and v.shape != own[k].shape
-    ]
-    if getattr(model, "strict_loading", True):
-        missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
-        for what, keys in (("missing in the checkpoint", missing), ("not in the model", extra)):
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            lines += [f"{what}: {', '.join(keys[:3])}{more}"] if keys else []
-    if not lines:
-        return
-    try:
-        path = f" {model.trainer.ckpt_path}"
-    except (AttributeError, RuntimeError):  # not attached to a trainer: load_from_checkpoint
-        path = ""
-    listed = "\n".join(f"  {line}" for line in lines[:8])
-    raise ConfigError(
-        f"checkpoint{path} does not fit the configured model:\n{listed}\nThe config must build "
-        "the model the checkpoint was trained with: the same model.net settings and "
-        "data.num_classes, in_chans and img_size (the run's config.yaml has them)"
-    )
-
-
-def check_run_dir(root: str) -> None:
-    """`trainer.default_root_dir` must be a folder this process can write, checked before the run
-    writes anything there (lock, config.yaml, W&B files, checkpoints). A remote root (an fsspec
-    URL) is the store's to check: Lightning writes there through fsspec."""
-    if not is_local(root):
-        return
-    path = Path(root).expanduser()
-    fix = "choose another --trainer.default_root_dir"
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(
-            f"trainer.default_root_dir={root}: {existing} is a file, not a folder; {fix}"
-        )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(
-            f"trainer.default_root_dir={root} is not writable ({e.strerror}: {e.filename}); {fix}"
-        ) from e
 
 
 def warn_carried_data_args(args: list[str], config: Any) -> None:

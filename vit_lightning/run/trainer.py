@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,8 +18,9 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vit_lightning import compat
-from vit_lightning.errors import UserError
-from vit_lightning.run_lock import pid_alive
+from vit_lightning.errors import ConfigError, UserError
+from vit_lightning.run.export import Format, export_run
+from vit_lightning.run.files import pid_alive
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 LAUNCHER_PID = "VIT_LIGHTNING_LAUNCHER_PID"  # set by a fit's first process while it runs
@@ -131,3 +133,40 @@ class Trainer(compat.RestoringMixin, L.Trainer):
                 f"checkpoint {str(filepath)!r} was not saved: rank 0 could not write it (its "
                 "error says why). The previous checkpoint is unchanged."
             )
+
+    def export(
+        self,
+        model: L.LightningModule,
+        ckpt_path: str | None,  # required: without weights, export only with --ckpt_path=none
+        datamodule: L.LightningDataModule | None = None,
+        format: Format = "onnx",
+        output: str | None = None,
+        weights_only: bool | None = None,
+    ) -> Path:
+        """Export a checkpoint's network to ONNX or torch.export, with a dynamic batch size.
+
+        Args:
+            model: The configured LightningModule; its weights come from `ckpt_path`.
+            ckpt_path: The checkpoint: a file, `last` or `best`; `none` (which the CLI turns
+                into None) exports the untrained model.
+            datamodule: Gives the input's channels and image size.
+            format: `onnx` (a `.onnx` file for ONNX Runtime) or `torch.export` (a `.pt2` file:
+                `torch.export.load(path).module()`).
+            output: The file to write; default `<default_root_dir>/model.onnx` (or `model.pt2`).
+                An existing file is not replaced: name another, or remove it first.
+            weights_only: As for `fit` and `test`: how torch.load reads the checkpoint (None:
+                torch's default). Also lets a run's own config.yaml be passed as --config.
+        """
+        return export_run(self, model, ckpt_path, datamodule, format, output, weights_only)
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """`--trainer.accelerator=gpu` where torch sees no GPU: one line, not Lightning's traceback."""
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}, but torch finds no CUDA GPU on this machine "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}{hint}). Use "
+            "--trainer.accelerator=cpu, or auto to take whatever is there"
+        )

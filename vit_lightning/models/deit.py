@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit_lightning.vit import VisionTransformer, trunc_normal_
+from vit_lightning.models.vit import VisionTransformer, trunc_normal_
 
 __all__ = [
     "VisionTransformerDistilled",

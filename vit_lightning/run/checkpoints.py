@@ -11,25 +11,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
 import os
-import re
 import shutil
-import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import fsspec.utils
+import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from packaging.version import InvalidVersion, Version
 
-from vit_lightning.errors import UserError
-from vit_lightning.run_lock import pid_alive
+from vit_lightning.errors import ConfigError, UserError
+from vit_lightning.run.files import atomic_write, is_local, local_path, remove_stale_temp_files
 
 CHECKPOINT_DIR = "checkpoints"  # under default_root_dir
 LAST_CHECKPOINT = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION  # last.ckpt
@@ -62,23 +61,14 @@ def newest_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> P
     return max(found, key=_mtime_ns, default=None)
 
 
-def is_local(path: str | Path) -> bool:
-    """Whether `path` is on this machine's filesystem, not an fsspec URL such as `s3://...`."""
-    return fsspec.utils.get_protocol(str(path)) in ("file", "local")
-
-
-def _local(path: str | Path) -> Path:
-    return Path(str(path).removeprefix("file://"))
-
-
 def _join(folder: str | Path, name: str) -> Path | str:
-    return _local(folder) / name if is_local(folder) else f"{str(folder).rstrip('/')}/{name}"
+    return local_path(folder) / name if is_local(folder) else f"{str(folder).rstrip('/')}/{name}"
 
 
 def _find(folder: str | Path, pattern: str) -> list[Path | str]:
     """The files in `folder` named like `pattern`: Paths, or URLs spelt as `folder` is."""
     if is_local(folder):
-        return list(_local(folder).glob(pattern))
+        return list(local_path(folder).glob(pattern))
     fs = get_filesystem(str(folder))
     try:  # ls, not glob: a `[` or `*` in the folder's own name is no pattern
         entries = fs.ls(str(folder), detail=True)
@@ -101,75 +91,6 @@ def _is_file(path: Path | str) -> bool:
         return get_filesystem(path).isfile(path)
     except (ImportError, ValueError, OSError):
         return False
-
-
-# `.last.ckpt.tmp<pid>@<host>`: the host, because a shared filesystem shows other nodes' saves
-_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:@(?P<host>[\w.-]+))?$")
-
-
-def _host() -> str:
-    return re.sub(r"[^\w.-]", "_", socket.gethostname())
-
-
-def temp_path(path: Path) -> Path:
-    """Where `path` is written before `os.replace` moves it into place: a hidden file beside it
-    that `remove_stale_temp_files` recognises once its process has died."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}@{_host()}")
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[IO[bytes]]:
-    """Yields a file that replaces local `path` when the block ends: written to `temp_path`,
-    fsynced, renamed over `path` and the rename made durable; on an error, `path` is untouched
-    and the temp file removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory
-
-
-def write_file(path: str | Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a reader sees the old file or the new one, never half.
-
-    A local file goes through `atomic_write`; a remote one (an fsspec URL) is one object, which
-    the store writes whole.
-    """
-    if not is_local(path):
-        get_filesystem(str(path)).pipe_file(str(path), data)
-        return
-    with atomic_write(_local(path)) as f:
-        f.write(data)
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Deletes the temp files of saves whose process died (e.g. a kill -9 mid-save); returns them.
-
-    A temp file is stale when it was written on this host by a process that no longer exists; a
-    live process's file, and one from another host, are left alone.
-    """
-    removed: list[Path] = []
-    if not is_local(folder):
-        return removed  # remote saves are Lightning's, which writes no temp file beside them
-    for p in _local(folder).glob(".*.tmp*"):
-        m = _TEMP.match(p.name)
-        if m and m["host"] in (None, _host()) and not pid_alive(int(m["pid"])):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -257,7 +178,7 @@ def best_checkpoint(root: str | Path, ckpt_dir: str | Path | None = None) -> Pat
     for state, _ in _monitoring_states(newest) if newest else []:
         recorded = state.get("best_model_path") or ""
         if name := _name(recorded):
-            here = _local(recorded) if is_local(recorded) else recorded
+            here = local_path(recorded) if is_local(recorded) else recorded
             for path in (here, _join(ckpt_dir, name)):
                 if _is_file(path):
                     return path
@@ -289,3 +210,97 @@ def _monitoring_states(path: Path | str) -> list[tuple[dict, int]]:
         for key, state in (checkpoint.get("callbacks") or {}).items()
         if isinstance(state, dict) and state.get("monitor") and "best_model_path" in state
     ]
+
+
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")  # the subcommands that need weights
+UNTRAINED = "none"  # --ckpt_path=none: evaluate or predict the untrained model, on purpose
+
+VERSION_KEY = "pytorch-lightning_version"  # in every checkpoint Lightning writes
+
+
+def resolve_ckpt_path(
+    subcommand: str,
+    value: Any,
+    root: str,
+    ckpt_dir: str,
+    named: Mapping[str, Callable[[], Path | None]],
+) -> str | None:
+    """The checkpoint file `--ckpt_path=value` means, or None for no checkpoint.
+
+    `named` maps names such as `last` to a function that finds that checkpoint of the run in
+    `root` (None when there is none). A fit that finds none starts afresh (a first run under a
+    requeue script); evaluation and predict need weights unless `--ckpt_path=none` says not.
+    """
+    if value is None:
+        if subcommand in EVAL_SUBCOMMANDS:
+            newest = named["last"]() if "last" in named else None
+            here = f"it found {newest}" if newest else f"{ckpt_dir} has no checkpoint yet"
+            raise ConfigError(
+                f"{subcommand} without --ckpt_path would use the untrained model's random "
+                f"weights. Pass --ckpt_path=last (the newest checkpoint of the run in {root}: "
+                f"{here}), --ckpt_path=<file>, or --ckpt_path={UNTRAINED} to {subcommand} the "
+                "untrained model on purpose"
+            )
+        return None
+    value = str(value)
+    if value.lower() == UNTRAINED:
+        return None
+    if value in named:
+        found = named[value]()
+        if found is not None:
+            verb = "resuming from" if subcommand == "fit" else "loading"
+            rank_zero_info(f"ckpt_path={value}: {verb} {found} (the {value} checkpoint)")
+            return str(found)
+        searched = f"no {value} checkpoint in {ckpt_dir} (the run folder is {root})"
+        if subcommand == "fit":
+            rank_zero_info(f"ckpt_path={value}: {searched}; starting a new run")
+            return None
+        raise ConfigError(
+            f"--ckpt_path={value}: {searched}. Point --trainer.default_root_dir at the run that "
+            f"holds the weights, pass --ckpt_path=<file>, or --ckpt_path={UNTRAINED} to "
+            f"{subcommand} the untrained model on purpose"
+        )
+    if not is_local(value):
+        return value  # s3://, gs://: Lightning's own IO reads those
+    path = Path(value.removeprefix("file://"))
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))[:5]
+        raise ConfigError(
+            f"--ckpt_path={value} is a folder; pass one checkpoint file in it"
+            + (f" ({', '.join(inside)})" if inside else " (it holds no *.ckpt file)")
+            + ", or --ckpt_path=last with --trainer.default_root_dir set to the run's folder"
+        )
+    if not path.exists():
+        raise ConfigError(
+            f"--ckpt_path={value}: no such file. Check the path, or pass --ckpt_path=last to "
+            f"take the newest checkpoint of the run in {root}"
+        )
+    return value
+
+
+def check_checkpoint_file(path: str) -> None:
+    """A file that is not a Lightning checkpoint, or whose Lightning version cannot be read.
+
+    Memory-mapped, so only the small parts read here leave the disk.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, garbage, unpicklable: the corrupt-file message
+        raise corrupt_checkpoint(path, e) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        held = ", ".join(map(str, list(ckpt)[:4])) if isinstance(ckpt, dict) else type(ckpt)
+        raise ConfigError(
+            f"--ckpt_path={path} is not a Lightning checkpoint: it has no 'state_dict' (it "
+            f"holds {held}). Bare weights (e.g. timm's) load into the network with "
+            "load_state_dict, not through --ckpt_path"
+        )
+    version = ckpt.get(VERSION_KEY)
+    try:
+        Version(str(version))
+    except InvalidVersion:
+        raise ConfigError(
+            f"--ckpt_path={path} does not say which Lightning version wrote it "
+            f"({VERSION_KEY}={version!r}; this is Lightning {L.__version__}), so Lightning cannot "
+            f"upgrade and load it. If you know the version, set checkpoint[{VERSION_KEY!r}] to "
+            "it; otherwise load its state_dict into the model by hand"
+        ) from None

@@ -11,15 +11,16 @@ from __future__ import annotations
 import difflib
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vit_lightning.errors import UserError
-from vit_lightning.vit import checkpoint_filter_fn
+from vit_lightning.errors import ConfigError, UserError
+from vit_lightning.models.vit import checkpoint_filter_fn
 
 HEAD = "head."  # timm's pretrained_cfg["classifier"]: reinitialised when the class count differs
 FIRST_CONV = "patch_embed.proj.weight"  # timm's pretrained_cfg["first_conv"]: adapted to in_chans
@@ -75,8 +76,7 @@ def load_pretrained(
     report = PretrainedReport(source=source, file=str(file))
     state_dict = _fit(read_state_dict(file), model, report, strict)
     model.load_state_dict(state_dict, strict=False)  # _fit checked every key; the rest is reported
-    rank_zero_info(report.summary())
-    return report
+    return report  # the caller prints report.summary() (rank 0 only: ViTClassifier)
 
 
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
@@ -337,3 +337,31 @@ def _few(keys: list[str], n: int = 4) -> str:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0]
+
+
+def check_state_dict_fits(model: torch.nn.Module, sd: Mapping[str, Any]) -> None:
+    """A checkpoint of another architecture or class count, named key by key (load_state_dict
+    would raise a traceback that lists every key)."""
+    own = model.state_dict()
+    lines = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and hasattr(v, "shape") and v.shape != own[k].shape
+    ]
+    if getattr(model, "strict_loading", True):
+        missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+        for what, keys in (("missing in the checkpoint", missing), ("not in the model", extra)):
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            lines += [f"{what}: {', '.join(keys[:3])}{more}"] if keys else []
+    if not lines:
+        return
+    try:
+        path = f" {model.trainer.ckpt_path}"
+    except (AttributeError, RuntimeError):  # not attached to a trainer: load_from_checkpoint
+        path = ""
+    listed = "\n".join(f"  {line}" for line in lines[:8])
+    raise ConfigError(
+        f"checkpoint{path} does not fit the configured model:\n{listed}\nThe config must build "
+        "the model the checkpoint was trained with: the same model.net settings and "
+        "data.num_classes, in_chans and img_size (the run's config.yaml has them)"
+    )

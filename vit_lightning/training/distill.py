@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vit_lightning.errors import ConfigError, UserError
-from vit_lightning.pretrained import read_state_dict
+from vit_lightning.models.pretrained import read_state_dict
 
 Distillation = Literal["none", "soft", "hard"]
 RANDOM_TEACHER = "none"  # model.teacher_checkpoint=none: the teacher's initial weights, on purpose

@@ -1,37 +1,30 @@
-"""What the tutorial notebooks share: data, a tiny trained ViT, and reading runs back.
+"""What the tutorial notebooks share: data, a tiny trained ViT, and the notebooks themselves.
 
 The notebooks live in `notebooks/` as jupytext percent sources (`01_vit_from_scratch.py`, ...),
-each paired with its `.ipynb`. `python -m vit_lightning.tutorial notebooks/*.py` (or
+each paired with its `.ipynb`. `python -m vit_lightning.analysis.tutorial notebooks/*.py` (or
 `make notebooks`) writes the `.ipynb` files: no outputs, cell ids `<number>-<index>`, so the same
-sources always give byte-identical files. W&B runs are read by `vit_lightning.wandb_runs`.
+sources always give byte-identical files. Runs are read back by `vit_lightning.analysis.runs`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import glob
 import importlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from vit_lightning.data import FashionMNISTDataModule, SyntheticDataModule
+from vit_lightning.models.vit import VisionTransformer
 from vit_lightning.module import ViTClassifier
-from vit_lightning.vit import VisionTransformer
-from vit_lightning.wandb_runs import offline_runs
 
-Run = dict[str, Any]  # {"name", "config": nested dict, "history": [logged rows], "summary"}
-
-REPO = Path(__file__).resolve().parents[1]  # the checkout, wherever a notebook runs
+REPO = Path(__file__).resolve().parents[2]  # the checkout, wherever a notebook runs
 # The notebooks' tiny ViT: on 28x28 images, a 7x7 grid of 49 patch tokens of dimension 64.
 ARCH = dict(patch_size=4, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0)
 STEPS = 300  # optimizer steps when a notebook trains its own model: about 15 s on 2 CPU cores
@@ -141,81 +134,6 @@ def accuracy(net: torch.nn.Module, dataset: Dataset, n: int = 1000) -> float:
     """Top-1 accuracy on the first n images (or all, if fewer)."""
     x, y = next(iter(DataLoader(dataset, batch_size=n)))
     return (net(x).argmax(dim=-1) == y).float().mean().item()
-
-
-def from_csv(metrics_csv: str | Path) -> Run:
-    """A CSVLogger folder: metrics.csv, and hparams.yaml with the config (the CLI logs it)."""
-    folder = Path(metrics_csv).parent
-    with open(metrics_csv, newline="") as f:
-        history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-    for row in history:
-        if "step" in row:
-            row["trainer/global_step"] = row.pop("step")  # the name W&B uses
-    hparams = folder / "hparams.yaml"
-    config = (yaml.safe_load(hparams.read_text()) if hparams.is_file() else None) or {}
-    summary = {k: v for row in history for k, v in row.items()}  # last value of each key
-    summary.update(config.get("run") or {})  # params, device, ... (RunSummary)
-    name = "/".join(folder.parts[-3:])  # <save_dir>/<name>/version_<n>
-    return {"name": name, "config": config, "history": history, "summary": summary}
-
-
-def local_runs(runs_dir: str) -> list[Run]:
-    """Offline W&B runs and CSVLogger logs anywhere under `runs_dir` (a folder or a glob)."""
-    roots = sorted(glob.glob(os.path.expanduser(runs_dir))) or [runs_dir]
-
-    def find(pattern: str) -> list[str]:
-        hits = (glob.glob(os.path.join(root, "**", pattern), recursive=True) for root in roots)
-        return sorted({path for paths in hits for path in paths})
-
-    offline = [d for d in find("offline-run-*") if os.path.isdir(d)]
-    return offline_runs(offline) + [from_csv(f) for f in find("metrics.csv")]
-
-
-def series(run: Run, key: str, x: str) -> tuple[list[Any], list[Any]]:
-    """The (x, key) points of a run's history, sorted by x; rows missing either are skipped."""
-    points = sorted(
-        (row[x], row[key])
-        for row in run["history"]
-        if row.get(key) is not None and row.get(x) is not None
-    )
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def get(d: Any, dotted: str) -> Any:
-    """`d["a"]["b"]` for "a.b", or None where a part is missing."""
-    for part in dotted.split("."):
-        if not isinstance(d, Mapping) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def best(run: Run, key: str = "val/acc") -> Any:
-    """The summary's `<key>_best`, else the largest value of `key` in the history (or None)."""
-    values = [row[key] for row in run["history"] if row.get(key) is not None]
-    return run["summary"].get(key + "_best", max(values, default=None))
-
-
-def fmt(v: Any) -> str:
-    """A table cell: "-" for None, 4 significant digits (whole numbers from 100), 1,234 for ints."""
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.0f}" if v >= 100 else f"{v:.4g}"
-    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
-
-
-def table(runs: Sequence[Run], columns: Mapping[str, Callable[[Run], Any]]) -> str:
-    """A text table of `columns` (header: value of a run), one row per run, best val/acc first."""
-    rows = [
-        [fmt(value(run)) for value in columns.values()]
-        for run in sorted(runs, key=lambda r: best(r) or 0, reverse=True)
-    ]
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(columns)]
-    lines = [list(columns), ["-" * w for w in widths], *rows]
-    return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines
-    )
 
 
 def notebook_text(source: str | Path) -> str:

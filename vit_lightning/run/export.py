@@ -1,8 +1,8 @@
 """`python -m vit_lightning export`: a checkpoint's network as an ONNX file or a torch.export program.
 
 LightningCLI builds each subcommand from the Trainer method of that name (the method's arguments
-become the subcommand's), so `Trainer` here is Lightning's Trainer plus `export`, and the
-`ExportSubcommand` CLI mixin registers it. Export runs no Trainer loop: it loads the checkpoint's
+become the subcommand's): `vit_lightning.run.trainer.Trainer.export` calls `export_run` here, and
+the `ExportSubcommand` CLI mixin registers the subcommand. Export runs no Trainer loop: it loads the checkpoint's
 weights into the configured model, traces the network on the CPU, writes the file and checks it.
 
 - The batch size is dynamic; so are height and width, in multiples of the patch size, when the
@@ -28,10 +28,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.export import Dim
 
-from vit_lightning import trainer
-from vit_lightning.checkpoints import AtomicCheckpointIO, is_local
 from vit_lightning.errors import ConfigError, UserError
-from vit_lightning.vit import _pair  # the model's own size rule
+from vit_lightning.models.vit import _pair  # the model's own size rule
+from vit_lightning.run.checkpoints import AtomicCheckpointIO
+from vit_lightning.run.files import is_local
 
 Format = Literal["onnx", "torch.export"]
 SUFFIX = {"onnx": ".onnx", "torch.export": ".pt2"}
@@ -42,51 +42,32 @@ TOLERANCE = 1e-4  # absolute and relative: ONNX Runtime's float32 kernels agains
 ONNX_SINGLE_FILE = 2**31 - 2**27  # bytes of weights that fit protobuf's 2 GiB with the graph
 
 
-class Trainer(trainer.Trainer):
-    """The project's Trainer with one more method, `export`: the CLI's `export` subcommand."""
-
-    def export(
-        self,
-        model: L.LightningModule,
-        ckpt_path: str,  # required: without weights, export only with --ckpt_path=none
-        datamodule: L.LightningDataModule | None = None,
-        format: Format = "onnx",
-        output: str | None = None,
-        weights_only: bool | None = None,
-    ) -> Path:
-        """Export a checkpoint's network to ONNX or torch.export, with a dynamic batch size.
-
-        Args:
-            model: The configured LightningModule; its weights come from `ckpt_path`.
-            ckpt_path: The checkpoint: a file, `last` or `best`; `none` (which the CLI turns
-                into None) exports the untrained model.
-            datamodule: Gives the input's channels and image size.
-            format: `onnx` (a `.onnx` file for ONNX Runtime) or `torch.export` (a `.pt2` file:
-                `torch.export.load(path).module()`).
-            output: The file to write; default `<default_root_dir>/model.onnx` (or `model.pt2`).
-                An existing file is not replaced: name another, or remove it first.
-            weights_only: As for `fit` and `test`: how torch.load reads the checkpoint (None:
-                torch's default). Also lets a run's own config.yaml be passed as --config.
-        """
-        path = Path(output or Path(self.default_root_dir) / f"model{SUFFIX[format]}")
-        check_output(path)  # before the checkpoint is read and traced
-        if ckpt_path is not None:
-            load_weights(model, ckpt_path, self.default_root_dir, weights_only)
-        net = getattr(model, "net", model)
-        in_chans = getattr(datamodule, "in_chans", None) or net.in_chans
-        img_size = _pair(getattr(datamodule, "img_size", None) or net.patch_embed.img_size)
-        checked = export_model(model, (in_chans, *img_size), path, format)
-        source = ckpt_path or "the untrained model (--ckpt_path=none)"
-        rank_zero_info(f"Exported {source} to {path} ({format}); {checked}")
-        return path
+def export_run(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    ckpt_path: str | None,
+    datamodule: L.LightningDataModule | None = None,
+    format: Format = "onnx",
+    output: str | None = None,
+    weights_only: bool | None = None,
+) -> Path:
+    """`Trainer.export` (the `export` subcommand): its arguments are documented there."""
+    path = Path(output or Path(trainer.default_root_dir) / f"model{SUFFIX[format]}")
+    check_output(path)  # before the checkpoint is read and traced
+    if ckpt_path is not None:
+        load_weights(model, ckpt_path, trainer.default_root_dir, weights_only)
+    net = getattr(model, "net", model)
+    in_chans = getattr(datamodule, "in_chans", None) or net.in_chans
+    img_size = _pair(getattr(datamodule, "img_size", None) or net.patch_embed.img_size)
+    checked = export_model(model, (in_chans, *img_size), path, format)
+    source = ckpt_path or "the untrained model (--ckpt_path=none)"
+    rank_zero_info(f"Exported {source} to {path} ({format}); {checked}")
+    return path
 
 
 class ExportSubcommand(LightningCLI):
-    """LightningCLI plus `export`, which takes its arguments from `Trainer.export` and runs it."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("trainer_class", Trainer)
-        super().__init__(*args, **kwargs)
+    """LightningCLI plus `export`, which takes its arguments from `Trainer.export` and runs it
+    (the CLI's `trainer_class` is `vit_lightning.run.trainer.Trainer`, which has that method)."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -21,9 +21,12 @@ import socket
 import time
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from vit_lightning.errors import ConfigError, UserError
+from vit_lightning.run.checkpoints import HPC_CHECKPOINTS
+from vit_lightning.run.files import is_local, pid_alive
 
 try:
     import fcntl
@@ -59,17 +62,6 @@ os.register_at_fork(after_in_child=_close_in_child)
 def is_launching_process() -> bool:
     """Whether this is global rank 0: no rank variable, or all of them 0."""
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class RunLock:
@@ -159,3 +151,47 @@ class RunLock:
             _held.discard(self.fd)
             os.close(self.fd)
             self.fd = None
+
+
+def check_run_dir(root: str) -> None:
+    """`trainer.default_root_dir` must be a folder this process can write, checked before the run
+    writes anything there (lock, config.yaml, W&B files, checkpoints). A remote root (an fsspec
+    URL) is the store's to check: Lightning writes there through fsspec."""
+    if not is_local(root):
+        return
+    path = Path(root).expanduser()
+    fix = "choose another --trainer.default_root_dir"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"trainer.default_root_dir={root}: {existing} is a file, not a folder; {fix}"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"trainer.default_root_dir={root} is not writable ({e.strerror}: {e.filename}); {fix}"
+        ) from e
+
+
+def check_new_run_dir(root: str, ckpt_dir: str) -> None:
+    """A fit that starts afresh where an earlier run left its checkpoints or config.yaml would
+    overwrite them (`last.ckpt`, `config.yaml`): it must resume that run or use another folder.
+
+    `--ckpt_path=last` that finds nothing to resume is not checked: a requeued job's first start.
+    SLURM's `hpc_ckpt_*.ckpt` are left to Lightning, which resumes from them on its own there.
+    """
+    if not is_local(root) or any(Path(root).glob(HPC_CHECKPOINTS)):
+        return
+    earlier = sorted(Path(ckpt_dir).glob(f"*{ModelCheckpoint.FILE_EXTENSION}"))
+    earlier += [p for p in [Path(root) / "config.yaml"] if p.is_file()]
+    if earlier:
+        listed = ", ".join(str(p) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
+        raise ConfigError(
+            f"trainer.default_root_dir={root} holds an earlier run ({listed}), which a new fit "
+            "would overwrite. Resume it with --ckpt_path=last, or start the new run in another "
+            "--trainer.default_root_dir (or move the old files away first)"
+        )

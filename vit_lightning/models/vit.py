@@ -20,7 +20,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules import module as nn_module
 from torch.utils.checkpoint import checkpoint
 
-from vit_lightning.layers import (
+from vit_lightning.models.layers import (
     Attention,
     Block,
     DropPath,
@@ -36,7 +36,7 @@ from vit_lightning.layers import (
     resample_patch_embed,
     trunc_normal_,
 )
-from vit_lightning.pos_embed import build_sincos2d_pos_embed
+from vit_lightning.models.pos_embed import build_sincos2d_pos_embed
 
 __all__ = [
     "VisionTransformer",

@@ -1,0 +1,2 @@
+"""Looking at runs: reading them back (`runs`), pictures (`viz`), and the notebooks' helpers
+(`tutorial`)."""
