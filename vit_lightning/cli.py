@@ -1,17 +1,8 @@
 """`python -m vit_lightning {fit,validate,test,predict,export}`: LightningCLI with the project's wiring.
 
-Callbacks and plugins every run gets. The first seven are config groups (`--<group>.<arg>=...`):
-- `checkpoint` (ModelCheckpoint): the best checkpoint by val/acc, in `<default_root_dir>/checkpoints`;
-- `last_checkpoint` (LastCheckpoint): `last.ckpt` rewritten every epoch (and every N steps if asked);
-- `prediction_writer` (PredictionWriter): `predict` writes one CSV row per image;
-- `run_summary` (RunSummary): parameter count, devices, precision, git commit, throughput to loggers;
-- `preemption` (Preemption): SIGTERM/SIGINT/SIGUSR1 save `last.ckpt` (fit only), exit 128 + signal;
-- `nonfinite_guard` (NonFiniteGuard): stops at the first NaN/inf loss, never saves such weights;
-- `val_pictures` (ValPictures): predictions, confusion matrix and attention maps after validation;
-- RNGState callback (added in `instantiate_trainer`): RNG streams saved in, restored from checkpoints;
-- LearningRateMonitor (added when there is a logger): every parameter group's lr as `lr/<group>`;
-- AtomicCheckpointIO plugin (added in `instantiate_trainer` unless `trainer.plugins` holds a
-  CheckpointIO): checkpoint files are complete or absent, and a damaged one is named.
+The callbacks and plugins every run gets are data, below: `CALLBACK_GROUPS` (config groups, set
+with `--<group>.<arg>=...`) and `TRAINER_ADDS` (what `instantiate_trainer` adds). `make docs`
+writes them into docs/running.md, "What every run gets".
 
 Other wiring:
 - the Trainer is `vit_lightning.run.trainer.Trainer` (plus `export`): a checkpoint save that fails on one rank fails on
@@ -102,6 +93,22 @@ from vit_lightning.run.wandb_logger import (
 )
 
 LINKED_DATA_ARGS = ("num_classes", "in_chans", "img_size")
+# The callbacks every run gets as a config group, `--<group>.<argument>=...` (docs/running.md).
+CALLBACK_GROUPS: tuple[tuple[str, type[L.Callback]], ...] = (
+    ("checkpoint", ModelCheckpoint),  # the best by val/acc: defaults in add_arguments_to_parser
+    ("last_checkpoint", LastCheckpoint),
+    ("prediction_writer", PredictionWriter),
+    ("run_summary", RunSummary),
+    ("preemption", Preemption),
+    ("nonfinite_guard", NonFiniteGuard),
+    ("val_pictures", ValPictures),
+)
+# What instantiate_trainer adds to every Trainer, and when (docs/running.md); in this order.
+TRAINER_ADDS: tuple[tuple[type, str], ...] = (
+    (RNGState, "always"),
+    (LearningRateMonitor, "when the run has a logger (it raises without one)"),
+    (AtomicCheckpointIO, "unless `trainer.plugins` holds a CheckpointIO"),
+)
 # linked to trainer.default_root_dir: `<default_root_dir>/checkpoints`
 CHECKPOINT_DIRS = ("checkpoint.dirpath", "last_checkpoint.dirpath", "preemption.dirpath")
 
@@ -168,7 +175,8 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         return next((s for s in signals if s is not None), None)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        for group, callback in CALLBACK_GROUPS:
+            parser.add_lightning_class_args(callback, group)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -177,12 +185,6 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,  # else "val/acc" makes a subfolder
             }
         )
-        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
-        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
-        parser.add_lightning_class_args(RunSummary, "run_summary")
-        parser.add_lightning_class_args(Preemption, "preemption")
-        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
-        parser.add_lightning_class_args(ValPictures, "val_pictures")
         for key in CHECKPOINT_DIRS:
             parser.link_arguments("trainer.default_root_dir", key, compute_fn=checkpoint_dir)
         for key in LINKED_DATA_ARGS:
@@ -253,16 +255,17 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
             save_run_id(root, run_id)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        """Adds RNGState, LearningRateMonitor and AtomicCheckpointIO (see the docstring above)."""
+        """Adds `TRAINER_ADDS`: each when its condition there holds."""
         trainer = self._get(self.config_init, "trainer", default={})
         listify = lambda v: [] if v is None else list(v) if isinstance(v, list) else [v]  # noqa: E731
-        callbacks = [*listify(trainer.get("callbacks")), RNGState()]
-        if trainer.get("logger") is not False:  # it raises without a logger
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        rng_state, lr_monitor, checkpoint_io = (cls for cls, _ in TRAINER_ADDS)
+        callbacks = [*listify(trainer.get("callbacks")), rng_state()]
+        if trainer.get("logger") is not False:
+            callbacks.append(lr_monitor(logging_interval="step"))
         kwargs.setdefault("callbacks", callbacks)
         plugins = listify(trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+            kwargs.setdefault("plugins", [*plugins, checkpoint_io()])
         check_accelerator(trainer.get("accelerator"))
         kwargs.update(dict.fromkeys(getattr(self, "one_batch", []), 1))
         try:
