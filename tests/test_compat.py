@@ -11,6 +11,7 @@ from torch.utils.data import DistributedSampler
 
 from vit_lightning import compat
 from vit_lightning.errors import UserError
+from vit_lightning.run.checkpoints import corrupt_checkpoint
 
 # seed_everything_default=False: no global seeding as a side effect of these tests
 CLI_ARGS = dict(trainer_defaults=QUIET, seed_everything_default=False)
@@ -80,7 +81,8 @@ def test_given_hyperparameters_tells_a_cli_build_from_a_python_one():
 
 def test_a_damaged_ckpt_path_is_named_before_lightningcli_reads_its_hyperparameters(tmp_path):
     class CLI(compat.CkptPathErrorsMixin, LightningCLI):
-        pass
+        def unreadable_checkpoint(self, path: str, e: Exception) -> Exception:
+            return corrupt_checkpoint(path, e)  # the hook vit_lightning.cli fills in
 
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")

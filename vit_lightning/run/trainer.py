@@ -137,7 +137,7 @@ class Trainer(compat.RestoringMixin, L.Trainer):
     def export(
         self,
         model: L.LightningModule,
-        ckpt_path: str | None,  # required: without weights, export only with --ckpt_path=none
+        ckpt_path: str,  # required: without weights, export only with --ckpt_path=none
         datamodule: L.LightningDataModule | None = None,
         format: Format = "onnx",
         output: str | None = None,
