@@ -106,7 +106,7 @@ CALLBACK_GROUPS: tuple[tuple[str, type[L.Callback]], ...] = (
 # What instantiate_trainer adds to every Trainer, and when (docs/running.md); in this order.
 TRAINER_ADDS: tuple[tuple[type, str], ...] = (
     (RNGState, "always"),
-    (LearningRateMonitor, "when the run has a logger (it raises without one)"),
+    (LearningRateMonitor, "with a logger"),  # it raises without one
     (AtomicCheckpointIO, "unless `trainer.plugins` holds a CheckpointIO"),
 )
 # linked to trainer.default_root_dir: `<default_root_dir>/checkpoints`
