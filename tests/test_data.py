@@ -19,6 +19,7 @@ from vit_lightning.data import (
     FashionMNISTDataModule,
     SyntheticDataModule,
 )
+from vit_lightning.errors import ConfigError
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -118,7 +119,7 @@ def test_cifar_batches_are_normalised_eval_pixels(cifar10) -> None:
     ],
 )
 def test_cifar_rejects_bad_arguments(tmp_path: Path, kw: dict, arg: str) -> None:
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(ConfigError, match=arg):
         CIFAR10DataModule(str(tmp_path), **kw)
 
 
@@ -319,5 +320,5 @@ def test_fashion_mnist_augment_policies(tmp_path: Path, augment: str, expected: 
     dm = FashionMNISTDataModule(str(tmp_path), augment=augment)
     names = [type(t).__name__ for t in dm.train_transform().transforms]
     assert [n for n in names if n.startswith("Random") or "Augment" in n] == expected
-    with pytest.raises(ValueError, match="augment must be none/flip/crop_flip/.*, got 'rotate'"):
+    with pytest.raises(ConfigError, match="augment must be none/flip/crop_flip/.*, got 'rotate'"):
         FashionMNISTDataModule(str(tmp_path), augment="rotate")

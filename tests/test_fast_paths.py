@@ -22,6 +22,7 @@ from vit_lightning import VisionTransformer
 from vit_lightning.data import CIFAR10DataModule, SyntheticDataModule
 from vit_lightning.data.device_pipeline import ResidentImages
 from vit_lightning.data.sampling import ResumableSampler
+from vit_lightning.errors import ConfigError
 from vit_lightning.module import ViTClassifier
 
 CELLS = 9 * 9 * 2  # RandomCrop(32, padding=4): top, left in [0, 8]; flip or not
@@ -125,7 +126,7 @@ def test_device_pipeline_refuses_transforms_it_cannot_batch(cifar10, monkeypatch
 
     table = {"jitter": augment.Policy("colour jitter", lambda: [v2.ColorJitter(0.4)])}
     monkeypatch.setattr(CIFAR10DataModule, "AUGMENT", table)
-    with pytest.raises(ValueError, match=r"cannot run ColorJitter.*--data.device_pipeline=false"):
+    with pytest.raises(ConfigError, match=r"cannot run ColorJitter.*--data.device_pipeline=false"):
         CIFAR10DataModule(str(cifar10.root), augment="jitter", device_pipeline=True)
     bilinear = {
         "ta": augment.Policy(
@@ -133,7 +134,7 @@ def test_device_pipeline_refuses_transforms_it_cannot_batch(cifar10, monkeypatch
         )
     }
     monkeypatch.setattr(CIFAR10DataModule, "AUGMENT", bilinear)
-    with pytest.raises(ValueError, match="nearest interpolation and zero fill"):
+    with pytest.raises(ConfigError, match="nearest interpolation and zero fill"):
         CIFAR10DataModule(str(cifar10.root), augment="ta", device_pipeline=True)
 
 

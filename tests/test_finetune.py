@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from test_resume import _assert_same_run, _config, _fit
 
 from vit_lightning.cli import main
+from vit_lightning.errors import ConfigError
 from vit_lightning.models import pretrained
 from vit_lightning.models.vit import VisionTransformer
 
@@ -195,7 +196,7 @@ def test_cifar10_resize_upsamples_after_the_augmentation_and_sets_the_model_size
     assert dm.img_size == 48 and CIFAR10DataModule().img_size == 32
     image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy())
     assert dm.train_transform()(image).shape == dm.eval_transform()(image).shape == (3, 48, 48)
-    with pytest.raises(ValueError, match="device_pipeline=false"):
+    with pytest.raises(ConfigError, match="device_pipeline=false"):
         CIFAR10DataModule(resize=48, device_pipeline=True)
 
 

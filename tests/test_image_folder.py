@@ -25,7 +25,7 @@ from vit_lightning.data import (
     ImageFolderFlat,
 )
 from vit_lightning.data.image_folder import ImageFiles
-from vit_lightning.errors import DataError, DataNotFoundError
+from vit_lightning.errors import ConfigError, DataError, DataNotFoundError
 
 CLASSES = ("bird", "cat", "dog")  # written in another order below: the sorted names are the classes
 COLOURS = {"bird": (200, 30, 30), "cat": (30, 200, 30), "dog": (30, 30, 200)}
@@ -128,7 +128,7 @@ def test_every_augment_policy_yields_img_size_batches(tmp_path, name):
     ],
 )
 def test_bad_arguments_are_named(tmp_path, kw, named):
-    with pytest.raises(ValueError, match=named):
+    with pytest.raises(ConfigError, match=named):
         _dm(_tree(tmp_path, {"train": 1}), **kw)
 
 
@@ -190,32 +190,34 @@ def test_split_folders_must_name_the_same_classes(tmp_path, split):
     assert str(root / split) in msg and "missing ['dog'], extra ['dgo']" in msg
 
 
+# a root that names no image folder is a setting (ConfigError, exit 2); one whose images cannot
+# be used, a data problem (DataError, exit 1)
 def _no_root(tmp_path):
-    return tmp_path / "nowhere", f"root {tmp_path / 'nowhere'} does not exist"
+    return tmp_path / "nowhere", f"root {tmp_path / 'nowhere'} does not exist", ConfigError
 
 
 def _root_is_a_file(tmp_path):
     (tmp_path / "images.zip").write_bytes(b"")
-    return tmp_path / "images.zip", f"root {tmp_path / 'images.zip'} is a file"
+    return tmp_path / "images.zip", f"root {tmp_path / 'images.zip'} is a file", ConfigError
 
 
 def _no_train(tmp_path):  # e.g. root pointed at the train folder itself
     _tree(tmp_path, {"train": 1})
-    return tmp_path / "train", f"{tmp_path / 'train' / 'train'} not found"
+    return tmp_path / "train", f"{tmp_path / 'train' / 'train'} not found", ConfigError
 
 
 def _one_class(tmp_path):
     _tree(tmp_path, {"train": 1}, classes=("cat",))
-    return tmp_path, f"{tmp_path / 'train'} holds 1 class folder(s) ['cat']"
+    return tmp_path, f"{tmp_path / 'train'} holds 1 class folder(s) ['cat']", DataError
 
 
 @pytest.mark.parametrize(
     "fault", [_no_root, _root_is_a_file, _no_train, _one_class], ids=lambda f: f.__name__[1:]
 )
 def test_an_unusable_root_is_named_in_seconds(tmp_path, fault):
-    root, named = fault(tmp_path)
+    root, named, error = fault(tmp_path)
     start = time.perf_counter()
-    with pytest.raises(DataError) as err:
+    with pytest.raises(error) as err:
         _dm(root)
     assert time.perf_counter() - start < 5
     assert named in str(err.value) and "train/<class>" in str(err.value)

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter_f
 
 import vit_lightning.models.pretrained as pretrained
 from vit_lightning.data import SyntheticDataModule
-from vit_lightning.errors import UserError
+from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.models.pretrained import adapt_input_conv, load_pretrained
 from vit_lightning.models.vit import VisionTransformer
 from vit_lightning.module import ViTClassifier
@@ -116,7 +116,7 @@ def test_checkpoint_of_another_lightning_module_is_refused(tmp_path: Path) -> No
         {**ckpt, "pytorch-lightning_version": lightning.__version__}, path := tmp_path / "x.ckpt"
     )
     with pytest.raises(
-        UserError, match=r"another LightningModule.*model\.fc\.weight.*ViTClassifier"
+        ConfigError, match=r"another LightningModule.*model\.fc\.weight.*ViTClassifier"
     ):
         load_pretrained(VisionTransformer(**TINY), path)
 
@@ -141,7 +141,7 @@ def test_headless_model_skips_the_head(tmp_path: Path) -> None:
 
 def test_depth_mismatch_fails_naming_keys_and_both_depths(tmp_path: Path) -> None:
     path = save(timm_weights(), tmp_path / "w.safetensors")
-    with pytest.raises(UserError) as e:
+    with pytest.raises(ConfigError) as e:
         load_pretrained(VisionTransformer(**{**TINY, "depth": 3}), path)
     msg = str(e.value)
     assert "weights: depth 2, embed_dim 48; model: depth 3, embed_dim 48" in msg
@@ -150,7 +150,7 @@ def test_depth_mismatch_fails_naming_keys_and_both_depths(tmp_path: Path) -> Non
 
 def test_width_mismatch_lists_both_shapes(tmp_path: Path) -> None:
     path = save(timm_weights(), tmp_path / "w.safetensors")
-    with pytest.raises(UserError, match=r"cls_token: weights \(1, 1, 48\), model \(1, 1, 64\)"):
+    with pytest.raises(ConfigError, match=r"cls_token: weights \(1, 1, 48\), model \(1, 1, 64\)"):
         load_pretrained(VisionTransformer(**{**TINY, "embed_dim": 64, "num_heads": 4}), path)
 
 
@@ -175,7 +175,7 @@ def test_summary_is_logged_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_missing_file_fails_naming_the_path(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=f"{tmp_path}/nope.pth: no such file"):
+    with pytest.raises(ConfigError, match=f"{tmp_path}/nope.pth: no such file"):
         load_pretrained(VisionTransformer(**TINY), tmp_path / "nope.pth")
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vit_lightning import VisionTransformer, vit_small_patch4_32, vit_tiny_patch4_32
+from vit_lightning.errors import ConfigError
 from vit_lightning.models.vit import Attention, DropPath, drop_path_rates
 
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
@@ -114,7 +115,7 @@ def test_cifar_presets_run_on_32px_images():
     ],
 )
 def test_bad_config_fails_at_construction_naming_the_argument(kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         VisionTransformer(**{**TINY, **kwargs})
 
 
@@ -124,10 +125,10 @@ def test_wrong_input_shape_names_the_expected_shape():
         ValueError, match=r"expected input of shape \(B, 3, 32, 32\), got \(2, 3, 64, 64\)"
     ):
         model(torch.randn(2, 3, 64, 64))
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got \(2, 1, 32, 32\)"):
+    with pytest.raises(ConfigError, match=r"\(B, 3, H, W\), got \(2, 1, 32, 32\)"):
         model(torch.randn(2, 1, 32, 32))
     dyn = VisionTransformer(**TINY, dynamic_img_size=True)
-    with pytest.raises(ValueError, match="not divisible by patch_size 4x4"):
+    with pytest.raises(ConfigError, match="not divisible by patch_size 4x4"):
         dyn(torch.randn(2, 3, 30, 32))
 
 

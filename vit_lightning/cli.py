@@ -31,7 +31,6 @@ Other wiring:
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -245,8 +244,10 @@ class ViTLightningCLI(CkptPathErrorsMixin, ExportSubcommand, LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as e:
-            # a value out of range, caught by a constructor: report it like a parse error
-            self.parser.error(f"invalid configuration: {_constructor_error(e)}")
+            error = _constructor_error(e)
+            if error is e:
+                raise
+            raise error from error.__cause__  # its own cause; jsonargparse's wrapper: hidden
         # written with config.yaml, once training starts: a failed start leaves no file behind
         saver = [c for c in self.trainer.callbacks if isinstance(c, LoggerSaveConfigCallback)]
         for cb in saver:
@@ -340,23 +341,23 @@ def _one_batch_limits(args: list[str]) -> list[str]:
     return [key for key, value in raw.items() if str(value).strip() == "1"]
 
 
-def _constructor_error(e: BaseException) -> str:
-    """'VisionTransformer: <message>' for an error raised in VisionTransformer's constructor.
+def _constructor_error(e: ValueError | TypeError) -> BaseException:
+    """What a constructor raised while `instantiate_classes` built the classes.
 
-    A subclass-mode group (`data`) fails inside jsonargparse, which reports it as a block over its
-    Union's subtypes with the whole config namespace; keep the constructor's own line(s) only.
+    A class in a Union-typed group (`data`, `model.teacher`: Optional, so Union[cls, None]) is
+    built inside jsonargparse's Union check, which reports any exception as a ValueError over the
+    Union's subtypes, chained `from` the constructor's own; a class in any other group raises
+    as it is. Ours raise a ConfigError naming the class (or a UserError, for a runtime problem);
+    a ValueError or TypeError of another package's constructor (timm, torch) is a value it
+    cannot take, so a setting as well. Anything else is a bug, shown with its traceback.
     """
-    msg, name, tb = str(e), "", e.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
-            name = type(frame.f_locals["self"]).__name__
-        tb = tb.tb_next
-    if "Union subtypes" in msg:
-        own = [ln[4:] for ln in msg.splitlines() if ln.startswith("  - ") and "NoneType" not in ln]
-        cls = re.search(r"class_path='[\w.]*?(\w+)'", msg)
-        msg, name = "; ".join(own) or msg, cls[1] if cls else name
-    return f"{name}: {msg}" if name else msg
+    while type(e) is ValueError and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, (ValueError, TypeError)) and not isinstance(e, UserError):
+        error = ConfigError(f"invalid configuration: {e}")
+        error.__cause__ = e
+        return error
+    return e
 
 
 def main(args: list[str] | None = None) -> ViTLightningCLI:

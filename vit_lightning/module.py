@@ -117,28 +117,32 @@ class ViTClassifier(L.LightningModule):
         }
         for name, value in non_negative.items():
             if value < 0:
-                raise ValueError(f"model.{name}={value} must be >= 0")
+                raise ConfigError.of(self, f"model.{name}={value} must be >= 0")
         if lr_scaling not in ("none", "linear", "sqrt"):
-            raise ValueError(f"model.lr_scaling={lr_scaling!r} must be none, linear or sqrt")
+            raise ConfigError.of(
+                self, f"model.lr_scaling={lr_scaling!r} must be none, linear or sqrt"
+            )
         if base_batch_size < 1:
-            raise ValueError(f"model.base_batch_size={base_batch_size} must be >= 1")
+            raise ConfigError.of(self, f"model.base_batch_size={base_batch_size} must be >= 1")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+            raise ConfigError.of(self, f"model.label_smoothing={label_smoothing} must be in [0, 1)")
         check_layer_decay(layer_decay)
         if (teacher is None) != (distillation == "none"):
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"model.distillation={distillation!r} needs model.teacher, and a teacher needs "
-                "model.distillation soft or hard: set both, or neither"
+                "model.distillation soft or hard: set both, or neither",
             )
         if not 0.0 <= distillation_alpha <= 1.0 or distillation_tau <= 0:
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"model.distillation_alpha={distillation_alpha} must be in [0, 1] and "
-                f"model.distillation_tau={distillation_tau} > 0"
+                f"model.distillation_tau={distillation_tau} > 0",
             )
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             # AdamW would only object inside fit, after config.yaml and the W&B run exist
-            raise ValueError(
-                f"model.betas={list(betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]"
+            raise ConfigError.of(
+                self, f"model.betas={list(betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999]"
             )
         # Built by the CLI, hparams hold net's class_path/init_args (linked values included), so
         # `ViTClassifier.load_from_checkpoint(path)` rebuilds it. A net built in Python is not a
@@ -164,9 +168,10 @@ class ViTClassifier(L.LightningModule):
         self.frozen = freeze_layers(net, freeze)
         if grad_checkpointing:
             if not callable(getattr(net, "set_grad_checkpointing", None)):
-                raise ValueError(
+                raise ConfigError.of(
+                    self,
                     f"model.grad_checkpointing needs net.set_grad_checkpointing() (timm's API); "
-                    f"{type(net).__name__} has none"
+                    f"{type(net).__name__} has none",
                 )
             net.set_grad_checkpointing(True)
         if compile:
@@ -364,9 +369,10 @@ class ViTClassifier(L.LightningModule):
         hp, gbs = self.hparams, self.global_batch_size
         if hp.lr_scaling == "none" or gbs is None:
             if hp.lr_scaling != "none":
-                raise ValueError(
+                raise ConfigError.of(
+                    self,
                     f"model.lr_scaling={hp.lr_scaling!r} needs the DataModule's batch_size to "
-                    "compute the global batch size; set model.lr_scaling=none and scale lr by hand"
+                    "compute the global batch size; set model.lr_scaling=none and scale lr by hand",
                 )
             factor = 1.0
         else:

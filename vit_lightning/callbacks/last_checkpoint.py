@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vit_lightning import compat
+from vit_lightning.errors import ConfigError
 from vit_lightning.run.files import is_local, remove_stale_temp_files
 
 
@@ -27,7 +28,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 0) -> None:
         if every_n_train_steps < 0:
-            raise ValueError(f"every_n_train_steps={every_n_train_steps} must be >= 0")
+            raise ConfigError.of(self, f"every_n_train_steps={every_n_train_steps} must be >= 0")
         super().__init__(
             dirpath=dirpath,
             filename=self.CHECKPOINT_NAME_LAST,

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from vit_lightning.errors import UserError
+from vit_lightning.errors import ConfigError, UserError
 
 
 class NonFiniteLossError(UserError):
@@ -32,7 +32,7 @@ class NonFiniteGuard(Callback):
 
     def __init__(self, enabled: bool = True, max_pending: int = 16) -> None:
         if max_pending < 1:
-            raise ValueError(f"nonfinite_guard.max_pending={max_pending} must be >= 1")
+            raise ConfigError.of(self, f"nonfinite_guard.max_pending={max_pending} must be >= 1")
         self.enabled, self.max_pending = enabled, max_pending
         self._pending: deque[tuple[int, torch.Tensor, torch.cuda.Event]] = deque()
 

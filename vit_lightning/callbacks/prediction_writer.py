@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vit_lightning.errors import UserError
+from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.run.files import remove_stale_temp_files, temp_path
 
 _FIX = "set --prediction_writer.output_file to a CSV path in a writable folder."
@@ -33,10 +33,11 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, output_file: str | None = None) -> None:
         super().__init__(write_interval="batch")
-        if output_file is not None and os.path.isdir(output_file):  # a config error: exit 2
-            raise ValueError(
+        if output_file is not None and os.path.isdir(output_file):
+            raise ConfigError.of(
+                self,
                 f"output_file={output_file!r} is a directory: give a file path, e.g. "
-                f"--prediction_writer.output_file={os.path.join(output_file, 'predictions.csv')}"
+                f"--prediction_writer.output_file={os.path.join(output_file, 'predictions.csv')}",
             )
         self.output_file = output_file
         self._writer: Any = None

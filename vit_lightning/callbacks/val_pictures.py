@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from vit_lightning.analysis import viz
+from vit_lightning.errors import ConfigError
 from vit_lightning.run.files import write_file
 
 
@@ -41,9 +42,10 @@ class ValPictures(Callback):
         num_attention: int = 4,
     ) -> None:
         if every_n_epochs < 1 or num_images < 1 or num_attention < 0:
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"every_n_epochs={every_n_epochs} and num_images={num_images} must be >= 1, "
-                f"num_attention={num_attention} >= 0"
+                f"num_attention={num_attention} >= 0",
             )
         self.enabled, self.every_n_epochs = enabled, every_n_epochs
         self.num_images, self.num_attention = num_images, num_attention

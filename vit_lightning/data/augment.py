@@ -14,6 +14,8 @@ from typing import Literal
 
 from torchvision.transforms import v2
 
+from vit_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -39,10 +41,12 @@ def choices(table: Table) -> type:
     return Literal[tuple(table)]  # type: ignore[valid-type]
 
 
-def choose(table: Table, name: str, key: str = "augment") -> Policy:
-    """The policy called `name`, or a ValueError listing the allowed names."""
+def choose(table: Table, name: str, key: str = "augment", owner: object = None) -> Policy:
+    """The policy called `name`, or a ConfigError listing the allowed names (and naming `owner`'s
+    class, the DataModule that was given `name`)."""
     if name not in table:
-        raise ValueError(f"{key} must be {'/'.join(table)}, got {name!r}")
+        message = f"{key} must be {'/'.join(table)}, got {name!r}"
+        raise ConfigError(message) if owner is None else ConfigError.of(owner, message)
     return table[name]
 
 

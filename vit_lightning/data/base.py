@@ -65,8 +65,8 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
-            raise ValueError(
-                f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0"
+            raise ConfigError.of(
+                self, f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0"
             )
         self.batch_size = batch_size
         self.num_workers = num_workers

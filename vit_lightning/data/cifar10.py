@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 
 from vit_lightning.data.augment import Policy, choices, describe
 from vit_lightning.data.torchvision_base import TorchvisionDataModule, writing_into
+from vit_lightning.errors import ConfigError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -68,9 +69,10 @@ class CIFAR10DataModule(TorchvisionDataModule):
         **kwargs: Any,
     ) -> None:
         if resize is not None and (resize < 1 or kwargs.get("device_pipeline")):
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"resize={resize} must be >= 1, and the device pipeline keeps 32x32: set "
-                "--data.device_pipeline=false to resize"
+                "--data.device_pipeline=false to resize",
             )
         super().__init__(data_dir=data_dir, augment=augment, **kwargs)
         self.class_names = list(CIFAR10_CLASSES)

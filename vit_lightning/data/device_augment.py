@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from vit_lightning import compat
+from vit_lightning.errors import ConfigError
 
 # geometric ops first: one grid_sample serves them all
 OPS = (
@@ -108,7 +109,7 @@ class Recipe:
             or str(policy.interpolation) not in ("nearest", str(v2.InterpolationMode.NEAREST))
             or policy.fill not in (None, 0)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"the device pipeline batches {'/'.join(p.__name__ for p in POLICIES)} with "
                 f"nearest interpolation and zero fill, got {policy!r}: set "
                 "--data.device_pipeline=false to run it in the loader"
@@ -221,7 +222,7 @@ def from_transforms(
         elif policy is None and isinstance(t, POLICIES):
             policy = t
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"the device pipeline runs RandomCrop(size, padding=p), RandomHorizontalFlip() and "
                 f"then one of {'/'.join(p.__name__ for p in POLICIES)}; it cannot run {t!r} here: "
                 "set --data.device_pipeline=false to run it in the loader"

@@ -25,6 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 from vit_lightning.data.device_augment import Recipe
 from vit_lightning.data.device_augment import erase as erase_boxes
 from vit_lightning.data.sampling import sample_seed
+from vit_lightning.errors import ConfigError
 
 __all__ = ["ResidentImages", "passthrough"]
 
@@ -71,12 +72,13 @@ class ResidentImages(Dataset):
         recipe: Recipe | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"images must be uint8 (N, C, H, W) with one label each; got {images.dtype} "
-                f"{tuple(images.shape)} and {len(labels)} labels"
+                f"{tuple(images.shape)} and {len(labels)} labels",
             )
         if pad < 0:
-            raise ValueError(f"pad={pad} must be >= 0")
+            raise ConfigError.of(self, f"pad={pad} must be >= 0")
         self.images, self.labels = images.contiguous(), labels.long()
         self.mean, self.std = list(mean), list(std)
         self.split, self.pad, self.flip, self.seed = split, pad, flip, seed

@@ -153,22 +153,22 @@ def _copy_decompressed(src: Path, dst: Path) -> None:
 
 def idx_dims(path: Path) -> list[int]:
     """The sizes in an uncompressed idx file's header (MNIST format: magic 0x0000 08 <ndim>,
-    ndim big-endian int32 sizes, then uint8 data); ValueError saying why it is unreadable."""
+    ndim big-endian int32 sizes, then uint8 data); a DataError saying why it is unreadable."""
     size = path.stat().st_size
     if size == 0:
-        raise ValueError("empty file")
+        raise DataError("empty file")
     with open(path, "rb") as f:
         head = f.read(4)
         if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
-            raise ValueError("not an idx file of uint8 (bad magic number)")
+            raise DataError("not an idx file of uint8 (bad magic number)")
         dims = f.read(4 * head[3])
     if len(dims) < 4 * head[3]:
-        raise ValueError(f"{size} bytes: truncated header")
+        raise DataError(f"{size} bytes: truncated header")
     sizes = list(struct.unpack(f">{head[3]}I", dims))
     expected = 4 + 4 * head[3] + math.prod(sizes)  # Python ints: no overflow
     if size != expected:
         cut = "truncated" if size < expected else "trailing bytes"
-        raise ValueError(f"{size} bytes, its header says {expected}: {cut}")
+        raise DataError(f"{size} bytes, its header says {expected}: {cut}")
     return sizes
 
 
@@ -176,7 +176,7 @@ def idx_problem(path: Path) -> str | None:
     """Why an uncompressed idx file is unreadable, or None if its header and size agree."""
     try:
         idx_dims(path)
-    except ValueError as e:
+    except DataError as e:
         return str(e)
     return None
 

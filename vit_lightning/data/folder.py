@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from vit_lightning.errors import DataNotFoundError
+from vit_lightning.errors import ConfigError, DataNotFoundError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -26,9 +26,10 @@ class ImageFolderFlat(Dataset):
     def __init__(self, root: str | Path, mode: str, img_size: int, transform: v2.Transform) -> None:
         root, where = Path(root), repr(str(Path(root).resolve()))
         fix = "Set --data.predict_dir to a folder of PNG/JPEG images."
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"predict_dir {where} is a file, not a folder. {fix}")
         if not root.is_dir():
-            what = "is a file, not a folder" if root.exists() else "does not exist"
-            raise DataNotFoundError(f"predict_dir {where} {what}. {fix}")
+            raise DataNotFoundError(f"predict_dir {where} does not exist. {fix}")
         files, other, unreadable = [], [], []
         for p in sorted(q for q in root.iterdir() if not q.name.startswith(".")):  # not .DS_Store
             if p.is_dir():

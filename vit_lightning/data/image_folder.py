@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 from vit_lightning.data.augment import Policy, choices, choose, describe
 from vit_lightning.data.base import ImageDataModule
 from vit_lightning.data.folder import IMAGE_SUFFIXES, _listing
-from vit_lightning.errors import DataError, DataNotFoundError
+from vit_lightning.errors import ConfigError, DataError, DataNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what pretrained ViTs were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,10 +123,10 @@ class ImageFolderDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
+            raise ConfigError.of(self, f"in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
         if img_size < 1 or not 0.0 < val_fraction < 1.0:
-            raise ValueError(
-                f"img_size={img_size} must be >= 1 and val_fraction={val_fraction} in (0, 1)"
+            raise ConfigError.of(
+                self, f"img_size={img_size} must be >= 1 and val_fraction={val_fraction} in (0, 1)"
             )
         imagenet = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         for name, value in (("mean", mean), ("std", std)):
@@ -134,10 +134,12 @@ class ImageFolderDataModule(ImageDataModule):
                 value = imagenet[name] if in_chans == 3 else (sum(imagenet[name]) / 3,)
             value = tuple(value)
             if len(value) != in_chans:
-                raise ValueError(f"{name}={list(value)} needs {in_chans} values (in_chans)")
+                raise ConfigError.of(
+                    self, f"{name}={list(value)} needs {in_chans} values (in_chans)"
+                )
             setattr(self, name, value)
         super().__init__(**kwargs)
-        policy = choose(AUGMENT, augment)
+        policy = choose(AUGMENT, augment, owner=self)
         self.policy = replace(policy, transforms=partial(policy.transforms, img_size))
         self.root = Path(root).expanduser().resolve()  # messages say exactly where we looked
         self.img_size, self.in_chans, self.augment = img_size, in_chans, augment
@@ -152,12 +154,14 @@ class ImageFolderDataModule(ImageDataModule):
         """train/'s class folder names, sorted; val/ and test/ must hold the same ones."""
         root, train = self.root, self.root / "train"
         layout = "root must hold train/<class>/<images> (and optionally val/ and test/ alike)"
+        # a setting that names no image folder: nothing at run time (no download) can fix it
         if not root.is_dir():
             what = "is a file, not a folder" if root.exists() else "does not exist"
-            raise DataNotFoundError(f"root {root} {what}. Set --data.root to a folder: {layout}.")
+            fix = f"Set --data.root to a folder: {layout}."
+            raise ConfigError.of(self, f"root {root} {what}. {fix}")
         if not train.is_dir():
             held = _listing(sorted(p.name for p in root.iterdir())) or "nothing"
-            raise DataNotFoundError(f"{train} not found ({root} holds {held}): {layout}.")
+            raise ConfigError.of(self, f"{train} not found ({root} holds {held}): {layout}.")
         classes = _subfolders(train)
         if len(classes) < 2:
             raise DataError(

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from vit_lightning.data.base import ImageDataModule
+from vit_lightning.errors import ConfigError
 
 
 class SyntheticDataModule(ImageDataModule):
@@ -47,9 +48,9 @@ class SyntheticDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+            raise ConfigError.of(self, f"in_chans must be 1 or 3, got {in_chans}")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise ConfigError.of(self, f"num_classes must be >= 2, got {num_classes}")
         super().__init__(batch_size=batch_size, num_workers=num_workers, **kwargs)
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
         self.class_names = [f"class_{i}" for i in range(num_classes)]

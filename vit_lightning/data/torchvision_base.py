@@ -28,7 +28,7 @@ from vit_lightning.data.augment import Table, choose
 from vit_lightning.data.base import ImageDataModule
 from vit_lightning.data.device_augment import Recipe, from_transforms
 from vit_lightning.data.device_pipeline import ResidentImages
-from vit_lightning.errors import DataError, DataNotFoundError
+from vit_lightning.errors import ConfigError, DataError, DataNotFoundError
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation; urllib's default is to wait forever
 
@@ -69,16 +69,16 @@ class TorchvisionDataModule(ImageDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if not 0 < val_size < self.train_len:
-            raise ValueError(f"val_size must be in (0, {self.train_len}), got {val_size}")
-        self.policy = choose(self.AUGMENT, augment)
+            raise ConfigError.of(self, f"val_size must be in (0, {self.train_len}), got {val_size}")
+        self.policy = choose(self.AUGMENT, augment, owner=self)
         if not 0.0 <= random_erasing <= 1.0:
-            raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing}")
+            raise ConfigError.of(self, f"random_erasing must be in [0, 1], got {random_erasing}")
         self.random_erasing = random_erasing
         if device_pipeline:  # a transform it cannot run is a config error, found here
             self.device_augment()
         self.data_dir, self.download = data_dir, download
-        if self.root.exists() and not self.root.is_dir():  # a config error (exit 2), found early
-            raise ValueError(self._not_a_dir())
+        if self.root.exists() and not self.root.is_dir():  # found early, before any run file
+            raise ConfigError.of(self, self._not_a_dir())
         self.val_size, self.split_seed = val_size, split_seed
         self.augment, self.device_pipeline = augment, device_pipeline
 
@@ -130,7 +130,7 @@ class TorchvisionDataModule(ImageDataModule):
 
     def _check_root(self) -> None:
         if self.root.exists() and not self.root.is_dir():  # else "not found" would mislead
-            raise DataError(self._not_a_dir())
+            raise ConfigError.of(self, self._not_a_dir())
 
     def prepare_data(self) -> None:
         """Make the files available: local copy first, then torchvision's download."""

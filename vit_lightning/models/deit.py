@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit_lightning.errors import ConfigError
 from vit_lightning.models.vit import VisionTransformer, trunc_normal_
 
 __all__ = [
@@ -37,12 +38,15 @@ class VisionTransformerDistilled(VisionTransformer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         weight_init = kwargs.pop("weight_init", "")
         if weight_init not in ("", "skip"):
-            raise ValueError(f"weight_init={weight_init!r} is not supported; use '' or 'skip'")
+            raise ConfigError.of(
+                self, f"weight_init={weight_init!r} is not supported; use '' or 'skip'"
+            )
         super().__init__(*args, **kwargs, weight_init="skip")  # init once every parameter exists
         if self.global_pool != "token":
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"global_pool={self.global_pool!r}: VisionTransformerDistilled's heads read the "
-                f"[CLS] and distillation tokens; use global_pool='token'"
+                f"[CLS] and distillation tokens; use global_pool='token'",
             )
         self.num_prefix_tokens += 1
         self.dist_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
@@ -81,9 +85,10 @@ class VisionTransformerDistilled(VisionTransformer):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace both heads, on the model's device and dtype and in its train/eval mode."""
         if global_pool not in (None, "", "token"):
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"global_pool={global_pool!r}: VisionTransformerDistilled's heads read the [CLS] "
-                f"and distillation tokens; leave global_pool unset"
+                f"and distillation tokens; leave global_pool unset",
             )
         self.num_classes = num_classes
         w = self.patch_embed.proj.weight

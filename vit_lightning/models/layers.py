@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vit_lightning.errors import ConfigError
+
 __all__ = [
     "PatchEmbed",
     "Attention",
@@ -128,7 +130,7 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
+            raise ConfigError.of(self, f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -331,12 +333,12 @@ def feature_take_indices(
         indices = num_features
     if isinstance(indices, int):
         if not 0 < indices <= num_features:
-            raise ValueError(f"indices={indices}: take the last 1 to {num_features} blocks")
+            raise ConfigError(f"indices={indices}: take the last 1 to {num_features} blocks")
         take = list(range(num_features - indices, num_features))
     else:
         take = [num_features + i if i < 0 else i for i in indices]
         if not take or not all(0 <= i < num_features for i in take):
-            raise ValueError(
+            raise ConfigError(
                 f"indices={list(indices)}: block indices must be in [-{num_features}, "
                 f"{num_features - 1}] for a model of depth {num_features}"
             )

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from vit_lightning.errors import ConfigError
+
 __all__ = ["build_sincos2d_pos_embed"]
 
 
@@ -36,7 +38,7 @@ def build_sincos2d_pos_embed(
         dtype: Dtype of the result; computed in float32.
     """
     if dim % 4:
-        raise ValueError(
+        raise ConfigError(
             f"embed_dim={dim} must be divisible by 4 for pos_embed='sincos' (sin and cos of the "
             f"row and of the column); use another embed_dim or pos_embed='learn'"
         )

@@ -114,7 +114,7 @@ def _resolve(source: str) -> Path:
     if source.startswith(HUB_PREFIX):
         return _hub_file(source.removeprefix(HUB_PREFIX), _with_safetensors(HUB_WEIGHTS))
     if problem := local_problem(source):
-        raise UserError(problem)
+        raise ConfigError(problem)
     path = Path(source).expanduser()
     return path if path.is_file() else _timm_file(source)
 
@@ -131,7 +131,7 @@ def _timm_file(name: str) -> Path:
         names = timm.list_models(pretrained=True)  # "arch.tag"; suggest archs for an arch
         names = names if "." in name else sorted({n.split(".")[0] for n in names})
         close = difflib.get_close_matches(name, names, n=3)
-        raise UserError(
+        raise ConfigError(
             f"pretrained weights {name!r}: not a file, nor a timm model name with weights on the "
             "Hugging Face Hub"
             + (f"; did you mean {', '.join(close)}?" if close else ".")
@@ -163,7 +163,7 @@ def _hub_file(repo: str, filenames: tuple[str, ...]) -> Path:
             if isinstance(cached, str):  # else None, or a marker for "known not to exist"
                 return Path(cached)
     except ValueError as e:  # HFValidationError: not an <org>/<repo> id
-        raise UserError(f"pretrained weights {repo}: not a Hugging Face Hub repo id ({e})") from e
+        raise ConfigError(f"pretrained weights {repo}: not a Hugging Face Hub repo id ({e})") from e
     if not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no network to the Hub"
         raise UserError(
@@ -182,7 +182,7 @@ def _hub_file(repo: str, filenames: tuple[str, ...]) -> Path:
                 f"pretrained weights {repo}: the Hub refused it ({type(e).__name__}: "
                 f"{_first_line(e)}). Check the id; private or gated repos need `hf auth login`"
             ) from e
-    raise UserError(
+    raise ConfigError(
         f"pretrained weights {repo}: the repo has none of {', '.join(filenames)}; download the "
         "weights file and pass its path"
     )
@@ -227,12 +227,12 @@ def read_state_dict(file: Path, what: str = "pretrained weights") -> dict[str, t
             "with weights_only=True) or safetensors' save_file (.safetensors)"
         ) from e
     if not isinstance(obj, dict):
-        raise UserError(f"{what} {file}: holds a {type(obj).__name__}, not a state_dict")
+        raise ConfigError(f"{what} {file}: holds a {type(obj).__name__}, not a state_dict")
     if LIGHTNING_KEY in obj:  # a Lightning checkpoint: ours holds the network under `net.`
         sd = obj.get("state_dict", {})
         obj = {k.removeprefix(NET): v for k, v in sd.items() if k.startswith(NET)}
         if not obj:
-            raise UserError(
+            raise ConfigError(
                 f"{what} {file}: a checkpoint of another LightningModule (its "
                 f"state_dict has no {NET!r} keys: {_few(list(sd))}). Checkpoints of "
                 "vit_lightning.module.ViTClassifier load here; for another, save its network's "
@@ -243,7 +243,7 @@ def read_state_dict(file: Path, what: str = "pretrained weights") -> dict[str, t
             obj = obj[wrapper]
     sd = {_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
-        raise UserError(f"{what} {file}: holds no tensors (keys: {_few(list(obj))})")
+        raise ConfigError(f"{what} {file}: holds no tensors (keys: {_few(list(obj))})")
     return sd
 
 
@@ -262,7 +262,7 @@ def _fit(
         try:
             sd = dict(checkpoint_filter_fn(sd, model))
         except ValueError as e:  # e.g. a pos_embed whose grid cannot be told
-            raise UserError(f"pretrained weights {report.source}: {e}") from e
+            raise ConfigError(f"pretrained weights {report.source}: {e}") from e
     own = model.state_dict()
     conv = sd.get(FIRST_CONV)
     chans = own[FIRST_CONV].shape[1] if FIRST_CONV in own else None
@@ -305,7 +305,7 @@ def _misfit(
     mismatched: list[str],
     missing: list[str],
     unexpected: list[str],
-) -> UserError:
+) -> ConfigError:
     shapes = [f"{k}: weights {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in mismatched]
     lines = [
         f"  {what} ({len(keys)}): {_few(keys)}"
@@ -316,7 +316,7 @@ def _misfit(
         )
         if keys
     ]
-    return UserError(
+    return ConfigError(
         f"pretrained weights {source} do not fit the model (weights: {_arch(sd)}; model: "
         f"{_arch(own)}):\n" + "\n".join(lines) + "\nBuild the model the weights were trained as "
         "(model.net.init_args: depth, embed_dim, num_heads, mlp_ratio, ...); image size, patch "

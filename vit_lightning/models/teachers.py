@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vit_lightning.errors import ConfigError
+
 
 class ResNet(nn.Module):
     """timm's `resnet{depth}`; below 64 px its stem is CIFAR's (a 3x3 stride-1 conv, no max-pool),
@@ -29,7 +31,7 @@ class ResNet(nn.Module):
         import timm  # the teacher, not the ViT: the model code never imports timm
 
         if depth not in (18, 34, 50):
-            raise ValueError(f"depth={depth} must be 18, 34 or 50")
+            raise ConfigError.of(self, f"depth={depth} must be 18, 34 or 50")
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
         self.model = timm.create_model(f"resnet{depth}", num_classes=num_classes, in_chans=in_chans)
         if img_size < 64:

@@ -20,6 +20,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules import module as nn_module
 from torch.utils.checkpoint import checkpoint
 
+from vit_lightning.errors import ConfigError
 from vit_lightning.models.layers import (
     Attention,
     Block,
@@ -234,7 +235,7 @@ class VisionTransformer(nn.Module):
         model's device, dtype and train/eval mode.
         """
         if global_pool is not None:
-            _check_pool(global_pool, self.has_class_token)
+            _check_pool(self, global_pool, self.has_class_token)
             self.global_pool = global_pool
         self.num_classes = num_classes
         w = self.patch_embed.proj.weight
@@ -248,22 +249,25 @@ class VisionTransformer(nn.Module):
         if is_fx_symbolic_tracing():  # symbolic shapes: no `if` on them, nothing to check
             return x.shape[-2] // ph, x.shape[-1] // pw
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"expected input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}; "
-                f"the model was built with in_chans={self.in_chans}"
+                f"the model was built with in_chans={self.in_chans}",
             )
         H, W = x.shape[-2:]
         if self.dynamic_img_size:
             if H % ph or W % pw:
-                raise ValueError(
+                raise ConfigError.of(
+                    self,
                     f"input size {H}x{W} is not divisible by patch_size {ph}x{pw}; "
-                    f"resize or pad the input to a multiple of the patch size"
+                    f"resize or pad the input to a multiple of the patch size",
                 )
         elif self.patch_embed.img_size != (H, W):
             eh, ew = self.patch_embed.img_size
-            raise ValueError(
+            raise ConfigError.of(
+                self,
                 f"expected input of shape (B, {self.in_chans}, {eh}, {ew}), got {tuple(x.shape)}; "
-                f"resize the input or build the model with dynamic_img_size=True"
+                f"resize the input or build the model with dynamic_img_size=True",
             )
         return H // ph, W // pw
 
@@ -326,7 +330,7 @@ class VisionTransformer(nn.Module):
             (final (B, N, D) tokens, intermediates), the intermediates alone, or the dict.
         """
         if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NLC'")
+            raise ConfigError.of(self, f"output_fmt={output_fmt!r} must be 'NCHW' or 'NLC'")
         take, max_index = feature_take_indices(len(self.blocks), indices)
         B, n = x.shape[0], self.num_prefix_tokens
         H, W = grid_size = self._check_input(x)
@@ -452,47 +456,58 @@ def _global_hooks() -> bool:
     return any(hooks) or bool(g._global_backward_pre_hooks)
 
 
-def _check_pool(global_pool: str, class_token: bool, allowed: tuple[str, ...] = POOLS) -> None:
+def _check_pool(
+    owner: nn.Module, global_pool: str, class_token: bool, allowed: tuple[str, ...] = POOLS
+) -> None:
     if global_pool not in allowed:
         names = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
-        raise ValueError(f"global_pool={global_pool!r} is not supported; use {names}")
+        raise ConfigError.of(owner, f"global_pool={global_pool!r} is not supported; use {names}")
     if global_pool == "token" and not class_token:
-        raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+        raise ConfigError.of(
+            owner, "global_pool='token' needs class_token=True; use global_pool='avg'"
+        )
 
 
 def _check_args(args: dict) -> None:
-    """Fail at construction, naming the argument, rather than with a shape error at step 1."""
-    img, patch = _pair(args["img_size"]), _pair(args["patch_size"])
+    """Fail at construction, naming the class and argument, not with a shape error at step 1."""
+    me, img, patch = args["self"], _pair(args["img_size"]), _pair(args["patch_size"])
     if img[0] % patch[0] or img[1] % patch[1]:
-        raise ValueError(
-            f"img_size={args['img_size']} must be divisible by patch_size={args['patch_size']}"
+        raise ConfigError.of(
+            me, f"img_size={args['img_size']} must be divisible by patch_size={args['patch_size']}"
         )
     if args["embed_dim"] % args["num_heads"]:
-        raise ValueError(
-            f"embed_dim={args['embed_dim']} must be divisible by num_heads={args['num_heads']}"
+        raise ConfigError.of(
+            me, f"embed_dim={args['embed_dim']} must be divisible by num_heads={args['num_heads']}"
         )
-    _check_pool(args["global_pool"], args["class_token"], allowed=("token", "avg"))
+    _check_pool(me, args["global_pool"], args["class_token"], allowed=("token", "avg"))
     if args["pos_embed"] not in POS_EMBEDS:
-        raise ValueError(f"pos_embed={args['pos_embed']!r} must be 'learn', 'sincos' or 'none'")
+        raise ConfigError.of(
+            me, f"pos_embed={args['pos_embed']!r} must be 'learn', 'sincos' or 'none'"
+        )
     if args["pos_embed"] == "sincos" and args["embed_dim"] % 4:
-        build_sincos2d_pos_embed((1, 1), args["embed_dim"])  # raises, naming embed_dim
+        try:
+            build_sincos2d_pos_embed((1, 1), args["embed_dim"])  # raises, naming embed_dim
+        except ConfigError as e:
+            raise ConfigError.of(me, str(e)) from None
     if args["weight_init"] not in ("", "skip"):
-        raise ValueError(
+        raise ConfigError.of(
+            me,
             f"weight_init={args['weight_init']!r} is not supported; use '' (timm's default) "
-            f"or 'skip'"
+            f"or 'skip'",
         )
     rates = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
     for name in rates:
         if not 0.0 <= args[name] < 1.0:
-            raise ValueError(f"{name}={args[name]} must be in [0, 1)")
+            raise ConfigError.of(me, f"{name}={args[name]} must be in [0, 1)")
     for name in ("depth", "num_heads", "embed_dim", "in_chans"):
         if args[name] < 1:
-            raise ValueError(f"{name}={args[name]} must be >= 1")
+            raise ConfigError.of(me, f"{name}={args[name]} must be >= 1")
     if args["reg_tokens"] < 0:
-        raise ValueError(f"reg_tokens={args['reg_tokens']} must be >= 0")
+        raise ConfigError.of(me, f"reg_tokens={args['reg_tokens']} must be >= 0")
     if args["num_classes"] < 0 or args["mlp_ratio"] <= 0:
-        raise ValueError(
-            f"num_classes={args['num_classes']} must be >= 0 and mlp_ratio={args['mlp_ratio']} > 0"
+        raise ConfigError.of(
+            me,
+            f"num_classes={args['num_classes']} must be >= 0 and mlp_ratio={args['mlp_ratio']} > 0",
         )
 
 
@@ -532,7 +547,7 @@ def checkpoint_filter_fn(
             n = 0 if model.no_embed_class else model.num_prefix_tokens
             side = math.isqrt(v.shape[1] - n)
             if side * side != v.shape[1] - n:
-                raise ValueError(
+                raise ConfigError(
                     f"pos_embed of shape {tuple(v.shape)} after {n} prefix token(s) is not a "
                     f"square grid, so its grid is unknown; resample it with "
                     f"resample_abs_pos_embed(pos_embed, {model.patch_embed.grid_size}, old_size)"

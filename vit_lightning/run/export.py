@@ -142,7 +142,7 @@ def export_model(
     if format == "onnx":
         missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
         if missing:
-            raise UserError(
+            raise ConfigError(
                 f"--format=onnx needs {', '.join(missing)}: pip install 'vit-lightning[export]'"
             )
     output = Path(output)

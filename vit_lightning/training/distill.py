@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from vit_lightning.errors import ConfigError, UserError
+from vit_lightning.errors import ConfigError
 from vit_lightning.models.pretrained import read_state_dict
 
 Distillation = Literal["none", "soft", "hard"]
@@ -50,13 +50,13 @@ def check_teacher(teacher: nn.Module, student: nn.Module) -> None:
         with torch.no_grad():
             out = teacher.eval()(torch.zeros(shape))
     except Exception as e:
-        raise ValueError(
+        raise ConfigError(
             f"model.teacher ({type(teacher).__name__}) cannot take the data's input {shape}: "
             f"{str(e).splitlines()[0]}. Build the teacher for in_chans={in_chans} and this size"
         ) from e
     classes = getattr(student, "num_classes", None)
     if out.ndim != 2 or (classes is not None and out.shape[1] != classes):
-        raise ValueError(
+        raise ConfigError(
             f"model.teacher ({type(teacher).__name__}) gives {tuple(out.shape[1:])} logits, the "
             f"data has {classes} classes: set the teacher's num_classes to {classes}"
         )
@@ -75,7 +75,7 @@ def load_teacher(teacher: nn.Module, checkpoint: str | None) -> nn.Module:
             teacher.load_state_dict(sd)
         except RuntimeError as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()][:3]
-            raise UserError(
+            raise ConfigError(
                 f"model.teacher_checkpoint {checkpoint} does not fit model.teacher "
                 f"({type(teacher).__name__}): {' '.join(lines)}"
             ) from e

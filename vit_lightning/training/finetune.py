@@ -86,4 +86,4 @@ def freeze(net: nn.Module, what: Freeze) -> list[nn.Module]:
 
 def check_layer_decay(layer_decay: float | None) -> None:
     if layer_decay is not None and not (0.0 < layer_decay <= 1.0 and math.isfinite(layer_decay)):
-        raise ValueError(f"model.layer_decay={layer_decay} must be in (0, 1], e.g. 0.65")
+        raise ConfigError(f"model.layer_decay={layer_decay} must be in (0, 1], e.g. 0.65")
