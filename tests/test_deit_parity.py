@@ -4,19 +4,18 @@ distilled training with its DropPath masks, and the model API with two prefix to
 import inspect
 
 import pytest
+import timm
 import torch
 from helpers.parity import assert_loads_both_ways, close, images, pair, randomize_
+from timm.models import deit as timm_deit
+from timm.models import vision_transformer as timm_vit
+from timm.optim._param_groups import param_groups_layer_decay
 
-timm = pytest.importorskip("timm")
-from timm.models import deit as timm_deit  # noqa: E402
-from timm.models import vision_transformer as timm_vit  # noqa: E402
-from timm.optim._param_groups import param_groups_layer_decay  # noqa: E402
-
-import vit_lightning  # noqa: E402
-from vit_lightning.models import deit  # noqa: E402
-from vit_lightning.models.deit import VisionTransformerDistilled  # noqa: E402
-from vit_lightning.models.layers import Block  # noqa: E402
-from vit_lightning.models.vit import checkpoint_filter_fn  # noqa: E402
+import vit_lightning
+from vit_lightning.models import deit
+from vit_lightning.models.deit import VisionTransformerDistilled
+from vit_lightning.models.layers import Block
+from vit_lightning.models.vit import checkpoint_filter_fn
 
 TimmDistilled = timm_deit.VisionTransformerDistilled
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)

@@ -16,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter_fn
 
 import vit_lightning.models.pretrained as pretrained
+import vit_lightning.module
 from vit_lightning.data import SyntheticDataModule
 from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.models.pretrained import adapt_input_conv, load_pretrained
@@ -166,12 +167,24 @@ def test_non_strict_loads_what_fits_and_reports_the_rest(tmp_path: Path) -> None
 
 
 def test_summary_is_logged_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_pretrained returns the report (the model code has no Lightning to log with); the
+    LightningModule logs its summary once, on rank 0."""
     logged: list[str] = []
-    monkeypatch.setattr(pretrained, "rank_zero_info", logged.append)
+    monkeypatch.setattr(vit_lightning.module, "rank_zero_info", logged.append)
     path = save(timm_weights(), tmp_path / "w.pth")
     report = load_pretrained(VisionTransformer(**{**TINY, "num_classes": 5}), path)
-    assert logged == [report.summary()]
-    assert f"{path}" in logged[0] and "reinitialised: head.weight; head.bias" in logged[0]
+    assert logged == []
+    model = ViTClassifier(net=VisionTransformer(**{**TINY, "num_classes": 5}), pretrained=str(path))
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(
+        model,
+        SyntheticDataModule(
+            num_classes=5, img_size=TINY["img_size"], train_size=8, val_size=8, batch_size=4
+        ),
+    )
+    said = [m for m in logged if m.startswith("Pretrained")]  # beside the lr and schedule lines
+    assert said == [report.summary()]
+    assert f"{path}" in said[0] and "reinitialised: head.weight; head.bias" in said[0]
 
 
 def test_missing_file_fails_naming_the_path(tmp_path: Path) -> None:

@@ -8,17 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.parity import close, images, pair, randomize_
+from timm.models import vision_transformer as timm_vit
+from timm.optim import create_optimizer_v2
+from timm.optim._param_groups import param_groups_layer_decay
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-timm = pytest.importorskip("timm")
-from timm.models import vision_transformer as timm_vit  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
-from timm.optim._param_groups import param_groups_layer_decay  # noqa: E402
-
-from vit_lightning.models import layers, vit  # noqa: E402
-from vit_lightning.models.vit import (  # noqa: E402
+from vit_lightning.models import layers, vit
+from vit_lightning.models.vit import (
     Block,
     VisionTransformer,
     checkpoint_filter_fn,

@@ -3,15 +3,14 @@
 import inspect
 
 import pytest
+import timm
 import torch
 from helpers.parity import randomize_
+from timm.layers import resample_abs_pos_embed as timm_resample
+from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-timm = pytest.importorskip("timm")
-from timm.layers import resample_abs_pos_embed as timm_resample  # noqa: E402
-from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
-
-import vit_lightning  # noqa: E402
-from vit_lightning.models.vit import VisionTransformer, checkpoint_filter_fn, resample_abs_pos_embed  # noqa: E402
+import vit_lightning
+from vit_lightning.models.vit import VisionTransformer, checkpoint_filter_fn, resample_abs_pos_embed
 
 # Small but complete models: each config exercises one option of the contract.
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)

@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import torch
 from helpers.parity import assert_loads_both_ways, close, images, pair, randomize_
+from timm.layers import build_sincos2d_pos_embed as timm_sincos
+from timm.models import vision_transformer as timm_vit
+from timm.optim._param_groups import param_groups_layer_decay
 
-timm = pytest.importorskip("timm")
-from timm.layers import build_sincos2d_pos_embed as timm_sincos  # noqa: E402
-from timm.models import vision_transformer as timm_vit  # noqa: E402
-from timm.optim._param_groups import param_groups_layer_decay  # noqa: E402
-
-from vit_lightning.models.layers import Block  # noqa: E402
-from vit_lightning.models.vit import (  # noqa: E402
+from vit_lightning.models.layers import Block
+from vit_lightning.models.vit import (
     VisionTransformer,
     build_sincos2d_pos_embed,
     checkpoint_filter_fn,

@@ -3,9 +3,13 @@
 - `CHECKPOINT_DIR`, `LAST_CHECKPOINT`, `checkpoint_dir`: the folder and file names, defined once.
 - `newest_checkpoint`, `best_checkpoint`: what `--ckpt_path=last` and `=best` load, in a local
   folder or an fsspec URL (`s3://...`).
-- `AtomicCheckpointIO`: checkpoint files that are either complete or absent; `write_file` and
-  `temp_path` do the same for the run's other files (config.yaml, predictions).
-- `remove_stale_temp_files`: what a killed save left behind.
+- `resolve_ckpt_path`: what `--ckpt_path` names: `last` (the newest checkpoint), `none` (no
+  weights, on purpose) or a file. Evaluating with nothing loaded, a missing file and a folder
+  are errors. `check_checkpoint_file`: a Lightning checkpoint, from a Lightning version that
+  can read it.
+- `AtomicCheckpointIO`: checkpoint files that are either complete or absent (through
+  `run/files.py`'s `atomic_write`, as the run's other files are); a killed save's temp file is
+  removed on the next save.
 - `corrupt_checkpoint`, `disk_full`: the errors that name the file and the way out.
 """
 

@@ -1,4 +1,6 @@
-"""One live `fit` per `default_root_dir`: a lock file that names the run holding it.
+"""The run folder (`default_root_dir`): writable (`check_run_dir`), never overwritten by a fresh
+fit (`check_new_run_dir`), and held by one live `fit` at a time (`RunLock`): a lock file that names
+the run holding it.
 
 Two fits writing into one folder would mix their checkpoints, config.yaml and W&B run id. The
 lock is an advisory `flock` on `<default_root_dir>/fit.lock`, which the kernel drops when its

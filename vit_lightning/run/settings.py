@@ -1,19 +1,16 @@
-"""Startup checks: settings that cannot work stop the run before it writes anything.
+"""What the command line and its config files say, checked before anything is built.
 
 - `check_config_files`: every `--config` file is valid YAML and sets something.
 - `check_logger_packages`: every logger in `trainer.logger` has its package installed.
-- `resolve_ckpt_path`: what `--ckpt_path` names: `last` (the newest checkpoint), `none` (no
-  weights, on purpose) or a file. Evaluating with nothing loaded, a missing file and a folder
-  are errors.
-- `check_new_run_dir`: a fit that starts afresh never overwrites an earlier run's files.
-- `check_checkpoint_file`: a Lightning checkpoint, from a Lightning version that can read it.
-- `user_settings`, `hparam_conflicts`: LightningCLI replaces the model settings with those saved
-  in the checkpoint; here the ones the user set and the checkpoint contradicts are named.
-- `check_accelerator`: a requested GPU that this machine does not have.
-- `check_train_batches`, `check_state_dict_fits`: a fit with no training step, and a checkpoint
-  of another architecture or class count (ViTClassifier's hooks call them).
+- `user_settings`, `hparam_conflicts`, `conflict_error`: LightningCLI replaces the model settings
+  with those saved in the checkpoint; here the ones the user set and the checkpoint contradicts
+  are named.
+- `carried_data_args`: a `--data` class switch that keeps an earlier config's values.
 
-Each failure is a `ConfigError`: one message that names the file, key or value and what to do.
+Checks of other subjects live with them: `--ckpt_path` in `run/checkpoints.py`, the run folder in
+`run/run_dir.py`, the accelerator in `run/trainer.py`, an empty training set in `data/base.py`,
+a checkpoint that does not fit the network in `models/pretrained.py`. Each failure is a
+`ConfigError`: one message that names the file, key or value and what to do.
 """
 
 from __future__ import annotations
