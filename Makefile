@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: install ## Run the fast test suite (everything not marked slow)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto --maxprocesses=4
 
 test-all: install ## Run every test, including the slow ones
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses=4
 
 lint: install ## ruff check and ruff format --check
 	$(PY) -m ruff check .

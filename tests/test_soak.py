@@ -471,6 +471,7 @@ def _seed() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 30 or 10 interruptions, each a fit and a resume
 @pytest.mark.parametrize(
     "setup,count",
     [
