@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The stamp makes `make install` a no-op until pyproject.toml changes.
 STAMP := $(VENV)/.installed-stamp
+# One or more configs, merged left to right: CONFIG="configs/cifar10.yaml configs/overlays/cifar10_deit.yaml"
 CONFIG ?= configs/cifar10.yaml
 
 .PHONY: help install test test-all lint format notebooks fit bench profile clean
@@ -38,8 +39,8 @@ format: install ## Apply ruff fixes and formatting
 notebooks: install ## Write notebooks/*.ipynb from their jupytext sources notebooks/*.py (no outputs)
 	$(PY) -m vit_lightning.analysis.tutorial notebooks/[0-9]*.py
 
-fit: install ## Train the default CIFAR-10 recipe (CONFIG=... for another)
-	$(PY) -m vit_lightning fit --config $(CONFIG)
+fit: install ## Train the default CIFAR-10 recipe (CONFIG="base overlay..." for another)
+	$(PY) -m vit_lightning fit $(foreach c,$(CONFIG),--config $(c))
 
 bench: install ## Benchmarks side by side (ours vs timm, Lightning overhead, data loading); tables into README
 	$(PY) -m benchmarks

@@ -21,10 +21,13 @@ RUNS = ROOT / "runs" / "deit"
 EPOCHS, TEACHER_EPOCHS, SEEDS = 5, 5, (0, 1)
 
 
-def _fit_and_test(root, config: str, *args: str) -> None:
+def _fit_and_test(root, overlay: str | None, *args: str) -> None:
+    """fit then test configs/fashion_mnist.yaml, with configs/overlays/<overlay>.yaml if given."""
     if (root / "test.yaml").exists():
         return
-    common = [f"--config=configs/{config}.yaml", f"--trainer.default_root_dir={root}", *args]
+    configs = ["--config=configs/fashion_mnist.yaml"]
+    configs += [f"--config=configs/overlays/{overlay}.yaml"] if overlay else []
+    common = [*configs, f"--trainer.default_root_dir={root}", *args]
     cli_run(root, "fit", *common, "--ckpt_path=last")  # resumes a killed run
     cli_run(root, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
 
@@ -35,7 +38,7 @@ def run() -> None:
     weights = f"--model.teacher_checkpoint={teacher / 'checkpoints' / 'last.ckpt'}"
     for seed in SEEDS:
         args = [f"--trainer.max_epochs={EPOCHS}", f"--seed_everything={seed}"]
-        _fit_and_test(RUNS / f"vit_s{seed}", "fashion_mnist", *args)
+        _fit_and_test(RUNS / f"vit_s{seed}", None, *args)
         _fit_and_test(RUNS / f"distilled_s{seed}", "fashion_mnist_deit", *args, weights)
 
 
@@ -44,13 +47,20 @@ def table() -> str:
         "| Run | Config | Test acc (mean) | Per seed | Wall time per epoch (fit / epochs) |",
         "|---|---|---|---|---|",
     ]
+    recipe = "`configs/fashion_mnist.yaml`"
     runs = {
-        "teacher": ("`configs/fashion_mnist_teacher.yaml` (ConvNet)", [RUNS / "teacher"], TEACHER_EPOCHS),
-        "ViT": ("`configs/fashion_mnist.yaml`", [RUNS / f"vit_s{s}" for s in SEEDS], EPOCHS),
-        "ViT + hard distillation": (
-            "`configs/fashion_mnist_deit.yaml`", [RUNS / f"distilled_s{s}" for s in SEEDS], EPOCHS
+        "teacher": (
+            f"{recipe} + `overlays/fashion_mnist_teacher.yaml` (ConvNet)",
+            [RUNS / "teacher"],
+            TEACHER_EPOCHS,
         ),
-    }  # fmt: skip
+        "ViT": (recipe, [RUNS / f"vit_s{s}" for s in SEEDS], EPOCHS),
+        "ViT + hard distillation": (
+            f"{recipe} + `overlays/fashion_mnist_deit.yaml`",
+            [RUNS / f"distilled_s{s}" for s in SEEDS],
+            EPOCHS,
+        ),
+    }
     for name, (config, roots, epochs) in runs.items():
         done = [r for r in roots if (r / "test.yaml").exists()]
         if not done:

@@ -93,9 +93,10 @@ def cli_run(root: Path, *args: str) -> None:
 
 
 def run(seeds: tuple[int, ...] = SEEDS) -> None:
-    cfg = "configs/transfer"
+    recipe, overlays = "--config=configs/fashion_mnist.yaml", "configs/overlays"
     pre = RUNS / "pretrain_s0"  # one pretrained network (seed 0) serves every downstream seed
-    common = [f"--config={cfg}/fmnist_pretrain.yaml", f"--trainer.default_root_dir={pre}"]
+    pretrain = f"--config={overlays}/transfer_pretrain.yaml"
+    common = [recipe, pretrain, f"--trainer.default_root_dir={pre}"]
     if not (pre / "test.yaml").exists():
         cli_run(pre, "fit", *common, "--ckpt_path=last")
         cli_run(pre, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
@@ -104,13 +105,13 @@ def run(seeds: tuple[int, ...] = SEEDS) -> None:
         extra = {
             "finetune": [*weights, "--model.layer_decay=0.75"],
             "scratch": [],
-            "probe": [*weights, "--config", f"{cfg}/fmnist_probe.yaml"],
+            "probe": [*weights, f"--config={overlays}/transfer_probe.yaml"],
         }
         for variant in VARIANTS:
             out = RUNS / f"{variant}_s{seed}"
             if (out / "test.yaml").exists():
                 continue
-            common = [f"--config={cfg}/fmnist_downstream.yaml", *extra[variant],
+            common = [recipe, f"--config={overlays}/transfer_downstream.yaml", *extra[variant],
                       f"--seed_everything={seed}", f"--trainer.default_root_dir={out}"]  # fmt: skip
             cli_run(out, "fit", *common, "--ckpt_path=last")  # resumes a killed run
             cli_run(out, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")

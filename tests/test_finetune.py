@@ -173,7 +173,9 @@ def test_shipped_finetune_configs_offline_fail_fast_naming_the_weights(
     data = {"folder_finetune": [f"--data.root={tmp_path / 'images'}"],
             "cifar10_finetune": [f"--data.data_dir={cifar10.root}", "--data.download=false",
                                  "--data.val_size=20"]}  # fmt: skip
-    args = ["fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), *data[config], *QUIET]
+    configs = ["--config", str(ROOT / "configs" / "cifar10.yaml")]
+    configs += ["--config", str(ROOT / "configs" / "overlays" / f"{config}.yaml")]
+    args = ["fit", *configs, *data[config], *QUIET]
     args += [f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu"]
     args += ["--trainer.precision=32-true", "--data.num_workers=0", "--data.batch_size=2"]
     start = time.monotonic()

@@ -29,7 +29,9 @@ from vit_lightning.errors import ConfigError, DataError, DataNotFoundError
 
 CLASSES = ("bird", "cat", "dog")  # written in another order below: the sorted names are the classes
 COLOURS = {"bird": (200, 30, 30), "cat": (30, 200, 30), "dog": (30, 30, 200)}
-CONFIG = ROOT / "configs" / "folder_finetune.yaml"
+# the shipped folder run: the CIFAR-10 recipe + the folder overlay
+CONFIG = ["--config", str(ROOT / "configs" / "cifar10.yaml")]
+CONFIG += ["--config", str(ROOT / "configs" / "overlays" / "folder_finetune.yaml")]
 
 
 def _write(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (12, 10)) -> None:
@@ -400,7 +402,7 @@ def test_a_resumed_loader_draws_the_same_augmented_batches_with_workers(tmp_path
     assert not torch.equal(next(iter(loader))[0], straight[0][0])
 
 
-# -- the CLI, on configs/folder_finetune.yaml ---------------------------------------------------
+# -- the CLI, on configs/cifar10.yaml + overlays/folder_finetune.yaml ----------------------------
 
 TINY = [  # the shipped config, shrunk to seconds on a CPU
     "--trainer.max_epochs=2",
@@ -421,7 +423,7 @@ TINY = [  # the shipped config, shrunk to seconds on a CPU
 
 def _cli(subcommand: str, run: Path, images: Path, *extra: str) -> list[str]:
     where = [f"--trainer.default_root_dir={run}", f"--data.root={images}"]
-    return [subcommand, "--config", str(CONFIG), *where, *TINY, *extra]
+    return [subcommand, *CONFIG, *where, *TINY, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -469,14 +471,14 @@ def test_test_and_predict_use_the_checkpoint_and_the_class_names(fitted, tmp_pat
 
 def test_the_config_prints_without_the_folder_and_links_grayscale(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # --print_config builds nothing
-        main(["fit", "--config", str(CONFIG), "--print_config"])
+        main(["fit", *CONFIG, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["class_path"] == "vit_lightning.data.ImageFolderDataModule"
     assert printed["data"]["init_args"]["root"] == "data/my_images"
 
     images = _tree(tmp_path, {"train": 1})
-    args = ["--config", str(CONFIG), "--trainer.logger=false", f"--data.root={images}"]
+    args = [*CONFIG, "--trainer.logger=false", f"--data.root={images}"]
     cli = ViTLightningCLI(args=[*args, "--data.in_chans=1", "--data.img_size=64"], run=False)
     net = cli.model.net
     assert net.num_classes == 3 and net.patch_embed.proj.in_channels == 1
