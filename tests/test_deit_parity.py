@@ -12,6 +12,7 @@ from timm.models import vision_transformer as timm_vit
 from timm.optim._param_groups import param_groups_layer_decay
 
 import vit_lightning
+from vit_lightning.errors import ConfigError
 from vit_lightning.models import deit
 from vit_lightning.models.deit import VisionTransformerDistilled
 from vit_lightning.models.layers import Block
@@ -134,7 +135,7 @@ def test_reset_classifier_replaces_both_heads_like_timm():
     assert isinstance(ours.head, torch.nn.Identity) and isinstance(
         ours.head_dist, torch.nn.Identity
     )
-    with pytest.raises(ValueError, match="global_pool='avg'.*distillation tokens"):
+    with pytest.raises(ConfigError, match="global_pool='avg'.*distillation tokens"):
         ours.reset_classifier(5, "avg")
 
 
@@ -212,9 +213,9 @@ def test_named_constructors_match_timm_architectures(name):
 
 def test_exported_from_the_package_and_bad_configs_are_named():
     assert vit_lightning.VisionTransformerDistilled is deit.VisionTransformerDistilled
-    with pytest.raises(ValueError, match="global_pool='avg'.*use global_pool='token'"):
+    with pytest.raises(ConfigError, match="global_pool='avg'.*use global_pool='token'"):
         VisionTransformerDistilled(**TINY, global_pool="avg")
-    with pytest.raises(ValueError, match="global_pool='token' needs class_token=True"):
+    with pytest.raises(ConfigError, match="global_pool='token' needs class_token=True"):
         VisionTransformerDistilled(**TINY, class_token=False)
-    with pytest.raises(ValueError, match="weight_init='jax' is not supported"):
+    with pytest.raises(ConfigError, match="weight_init='jax' is not supported"):
         VisionTransformerDistilled(**TINY, weight_init="jax")

@@ -16,6 +16,7 @@ from vit_lightning import data
 from vit_lightning.cli import ViTLightningCLI
 from vit_lightning.data import augment
 from vit_lightning.data.device_augment import POLICIES
+from vit_lightning.errors import ConfigError
 
 PACKAGE = Path(vit_lightning.__file__).parent
 TABLES = {
@@ -32,7 +33,7 @@ def test_augment_choices_help_and_errors_come_from_the_table(name):
     assert typing.get_args(hint) == tuple(table)  # the Literal the CLI validates and lists
     for policy in table.values():
         assert policy.help in cls.__doc__  # what --help prints under --data.augment
-    with pytest.raises(ValueError, match=re.escape(f"augment must be {'/'.join(table)}")):
+    with pytest.raises(ConfigError, match=re.escape(f"augment must be {'/'.join(table)}")):
         cls(augment="no_such_policy")
     for name_, policy in table.items():  # each policy builds, and runs on the device pipeline
         transforms = policy.transforms()

@@ -15,6 +15,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from vit_lightning.errors import ConfigError
 from vit_lightning.models import layers, vit
 from vit_lightning.models.vit import (
     Block,
@@ -224,7 +225,7 @@ def test_feature_info_matches_timm():
     [(4, r"indices=4: take the last 1 to 3 blocks"), ([0, 3], r"indices=\[0, 3\].*depth 3")],
 )
 def test_out_of_range_indices_name_the_depth(indices, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         VisionTransformer(**TINY).forward_intermediates(images(2), indices)
 
 
@@ -258,7 +259,7 @@ def test_fx_symbolic_trace_gives_the_eager_logits_and_eager_keeps_its_errors():
     x = images(2)
     with torch.no_grad():
         assert torch.equal(traced(x), model.forward_head(model.forward_features(x)))
-    with pytest.raises(ValueError, match=r"expected input of shape \(B, 3, 32, 32\)"):
+    with pytest.raises(ConfigError, match=r"expected input of shape \(B, 3, 32, 32\)"):
         model(images(size=(64, 64)))
 
 
@@ -388,7 +389,7 @@ def test_reset_classifier_rejects_unsupported_pools_by_name():
     ):
         model.reset_classifier(5, "max")
     no_cls = VisionTransformer(**CONFIGS["avg_no_class_token"])
-    with pytest.raises(ValueError, match="global_pool='token' needs class_token=True"):
+    with pytest.raises(ConfigError, match="global_pool='token' needs class_token=True"):
         no_cls.reset_classifier(5, "token")
     assert model.global_pool == "token" and no_cls.global_pool == "avg"  # left unchanged
 
@@ -465,7 +466,7 @@ def test_checkpoint_filter_fn_names_bad_input():
     with pytest.raises(TypeError, match="expected a state_dict .* got list"):
         checkpoint_filter_fn([torch.ones(1)], model)
     odd = {"pos_embed": torch.randn(1, 1 + 6 * 4, 48)}  # 24 patch positions: no square grid
-    with pytest.raises(ValueError, match=r"pos_embed of shape \(1, 25, 48\).*not a square grid"):
+    with pytest.raises(ConfigError, match=r"pos_embed of shape \(1, 25, 48\).*not a square grid"):
         checkpoint_filter_fn(odd, model)
 
 

@@ -10,6 +10,7 @@ from timm.layers import build_sincos2d_pos_embed as timm_sincos
 from timm.models import vision_transformer as timm_vit
 from timm.optim._param_groups import param_groups_layer_decay
 
+from vit_lightning.errors import ConfigError
 from vit_lightning.models.layers import Block
 from vit_lightning.models.vit import (
     VisionTransformer,
@@ -225,7 +226,7 @@ def test_sincos_model_holds_the_embedding_with_zero_prefix_rows(no_embed_class):
     torch.testing.assert_close(
         model.pos_embed[0, n:], timm_sincos([8, 8], 48, interleave_sin_cos=True), rtol=0, atol=0
     )
-    with pytest.raises(ValueError, match=r"embed_dim=6 must be divisible by 4 for pos_embed='sin"):
+    with pytest.raises(ConfigError, match=r"embed_dim=6 must be divisible by 4 for pos_embed='sin"):
         VisionTransformer(**dict(TINY, embed_dim=6), pos_embed="sincos")
 
 
@@ -262,5 +263,5 @@ def test_sincos_state_dict_loads_into_timms_learned_model_with_the_same_logits()
     ],
 )
 def test_bad_variant_config_fails_at_construction_naming_the_argument(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         VisionTransformer(**TINY, **kwargs)
