@@ -250,12 +250,17 @@ def test_sbatch_files_launch_one_task_per_gpu_and_their_command_parses(
     }
     for key, value in env.items():
         command = command.replace("${" + key + "}", value)
-    args = [a for a in shlex.split(command)[4:] if a != "$@"]
+    overlay = '${OVERLAY:+--config "$OVERLAY"}'  # OVERLAY=<overlay> sbatch ...
+    assert overlay in command
     monkeypatch.chdir(repo_root)
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--print_config"])
-    assert exit_info.value.code == 0
-    out = yaml.safe_load(capsys.readouterr().out)
-    assert str(out["trainer"]["devices"]) == directives["gpus-per-node"]
-    assert out["trainer"]["num_nodes"] == int(directives["nodes"])
-    assert out["trainer"]["default_root_dir"] == "runs/cifar10-77"
+    for variant in ("", "--config configs/overlays/cifar10_deit.yaml"):
+        args = [a for a in shlex.split(command.replace(overlay, variant))[4:] if a != "$@"]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--print_config"])
+        assert exit_info.value.code == 0
+        out = yaml.safe_load(capsys.readouterr().out)
+        assert str(out["trainer"]["devices"]) == directives["gpus-per-node"]
+        assert out["trainer"]["num_nodes"] == int(directives["nodes"])
+        # the job's flags win over the overlay's default_root_dir: a requeue finds its folder
+        assert out["trainer"]["default_root_dir"] == "runs/cifar10-77"
+        assert out["model"]["distillation"] == ("hard" if variant else "none")
