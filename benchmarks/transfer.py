@@ -100,6 +100,7 @@ def run(seeds: tuple[int, ...] = SEEDS) -> None:
     if not (pre / "test.yaml").exists():
         cli_run(pre, "fit", *common, "--ckpt_path=last")
         cli_run(pre, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")
+    downstream = [recipe, pretrain, f"--config={overlays}/transfer_downstream.yaml"]  # step 2
     for seed in seeds:  # the three variants per seed
         weights = [f"--model.pretrained={pre / 'checkpoints' / 'last.ckpt'}"]
         extra = {
@@ -111,7 +112,7 @@ def run(seeds: tuple[int, ...] = SEEDS) -> None:
             out = RUNS / f"{variant}_s{seed}"
             if (out / "test.yaml").exists():
                 continue
-            common = [recipe, f"--config={overlays}/transfer_downstream.yaml", *extra[variant],
+            common = [*downstream, *extra[variant],
                       f"--seed_everything={seed}", f"--trainer.default_root_dir={out}"]  # fmt: skip
             cli_run(out, "fit", *common, "--ckpt_path=last")  # resumes a killed run
             cli_run(out, "test", *common, "--ckpt_path=last", f"--trainer.callbacks+={SAVE_TEST}")

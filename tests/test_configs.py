@@ -149,8 +149,8 @@ COMBINATIONS: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {
         "trainer.default_root_dir": "runs/transfer/pretrain_s0",
         "data.init_args.root": "data/transfer/pretrain",
     },
-    (FMNIST, ("transfer_downstream",)): TRANSFER_DOWNSTREAM,
-    (FMNIST, ("transfer_downstream", "transfer_probe")): {
+    (FMNIST, ("transfer_pretrain", "transfer_downstream")): TRANSFER_DOWNSTREAM,
+    (FMNIST, ("transfer_pretrain", "transfer_downstream", "transfer_probe")): {
         **TRANSFER_DOWNSTREAM,
         "model.freeze": "backbone",
         "model.lr": 0.01,
