@@ -1,8 +1,9 @@
 """Convnet teachers for distillation (DeiT's were RegNets): timm's ResNets adapted to small
 images, and a small convnet for CPU budgets.
 
-A teacher trains with this same CLI (`configs/fashion_mnist_teacher.yaml`): it takes the
-arguments the CLI links from the DataModule (num_classes, in_chans, img_size), like the ViT.
+A teacher trains with this same CLI (`--config configs/fashion_mnist.yaml --config
+configs/overlays/fashion_mnist_teacher.yaml`): it takes the arguments the CLI links from the
+DataModule (num_classes, in_chans, img_size), like the ViT.
 """
 
 from __future__ import annotations
