@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # One or more configs, merged left to right: CONFIG="configs/cifar10.yaml configs/overlays/cifar10_deit.yaml"
 CONFIG ?= configs/cifar10.yaml
 
-.PHONY: help install test test-all lint format notebooks fit bench profile clean
+.PHONY: help install test test-all lint format notebooks docs fit bench profile clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,10 +39,13 @@ format: install ## Apply ruff fixes and formatting
 notebooks: install ## Write notebooks/*.ipynb from their jupytext sources notebooks/*.py (no outputs)
 	$(PY) -m vit_lightning.analysis.tutorial notebooks/[0-9]*.py
 
+docs: install ## Write docs/*.md's generated sections (module map, augmentation table, callbacks)
+	$(PY) docs/generate.py
+
 fit: install ## Train the default CIFAR-10 recipe (CONFIG="base overlay..." for another)
 	$(PY) -m vit_lightning fit $(foreach c,$(CONFIG),--config $(c))
 
-bench: install ## Benchmarks side by side (ours vs timm, Lightning overhead, data loading); tables into README
+bench: install ## Benchmarks side by side (ours vs timm, Lightning overhead, data loading); tables into docs/performance.md
 	$(PY) -m benchmarks
 
 profile: install ## Profile the template's training steps with the PyTorch profiler (trace in runs/profile)

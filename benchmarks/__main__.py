@@ -1,6 +1,6 @@
 """`make bench` / `python -m benchmarks`: every benchmark side by side, one table file per device.
 
-Writes benchmarks/results-<device>.md and copies it into README.md between the markers
+Writes benchmarks/results-<device>.md and copies it into docs/performance.md between the markers
 `<!-- bench:<device>:start -->` and `<!-- bench:<device>:end -->`.
 """
 
@@ -85,15 +85,15 @@ def main() -> None:
     print("\n" + text)
     out = ROOT / "benchmarks" / f"results-{args.device}.md"
     out.write_text(text)
-    readme = ROOT / "README.md"
+    page = ROOT / "docs" / "performance.md"
     start_m, end_m = f"<!-- bench:{args.device}:start -->", f"<!-- bench:{args.device}:end -->"
-    body = readme.read_text()
+    body = page.read_text()
     if start_m in body and end_m in body:
         pattern = re.escape(start_m) + ".*?" + re.escape(end_m)
-        readme.write_text(re.sub(pattern, lambda _: f"{start_m}\n{text}{end_m}", body, flags=re.S))
-        print(f"wrote {out.relative_to(ROOT)} and its copy in README.md")
+        page.write_text(re.sub(pattern, lambda _: f"{start_m}\n{text}{end_m}", body, flags=re.S))
+        print(f"wrote {out.relative_to(ROOT)} and its copy in docs/performance.md")
     else:
-        print(f"wrote {out.relative_to(ROOT)} (README.md has no {start_m} marker)")
+        print(f"wrote {out.relative_to(ROOT)} (docs/performance.md has no {start_m} marker)")
 
 
 if __name__ == "__main__":

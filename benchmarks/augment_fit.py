@@ -1,7 +1,7 @@
 """Fashion-MNIST with TrivialAugment: the device pipeline against the torchvision path.
 
     python -m benchmarks.augment_fit run [seeds...]   # fit + test per path and seed
-    python -m benchmarks.augment_fit table            # the README table
+    python -m benchmarks.augment_fit table            # the table in docs/performance.md
 
 Same config, epochs and seed on both paths; only `data.device_pipeline` differs. The torchvision
 path applies flip + TrivialAugmentWide to PIL images in the loader; the device pipeline draws the

@@ -1,7 +1,7 @@
-"""Distillation on Fashion-MNIST, measured on this machine with the CLI (README, "Distillation").
+"""Distillation on Fashion-MNIST, measured on this machine with the CLI (docs/distillation.md).
 
     python -m benchmarks.deit run      # the teacher, then per seed the ViT with and without it
-    python -m benchmarks.deit table    # the README table
+    python -m benchmarks.deit table    # the table in docs/distillation.md
 
 The same schedule for both students, shortened to EPOCHS for a 2-core CPU; the data is Debian's
 Fashion-MNIST (`apt-get install dataset-fashion-mnist`), 55k train / 5k val / 10k test.

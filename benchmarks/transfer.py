@@ -1,8 +1,8 @@
-"""Fashion-MNIST transfer, measured on this machine with the CLI (README, "Fine-tuning").
+"""Fashion-MNIST transfer, measured on this machine with the CLI (docs/finetuning.md).
 
     python -m benchmarks.transfer export      # PNG folders under data/transfer (from Debian's copy)
     python -m benchmarks.transfer run         # pretrain, then fine-tune / scratch / probe per seed
-    python -m benchmarks.transfer table       # the README table from the runs' test accuracies
+    python -m benchmarks.transfer table       # the docs/finetuning.md table from the runs' test accuracies
 
 One network (seed 0) is pretrained on all training images of classes 0-4; each seed then runs
 the three downstream variants from it. The downstream task is classes 5-9 with 100
@@ -130,7 +130,7 @@ def _runs(name: str) -> tuple[list[float], list[float]]:
 
 
 def table() -> str:
-    """The README table: test accuracy (mean, then per seed) and fit wall time per variant."""
+    """The docs/finetuning.md table: test accuracy (mean, then per seed) and fit wall time per variant."""
     rows = [
         "| Run | Trains | Test acc (mean) | Per seed | Fit wall time (mean) |",
         "|---|---|---|---|---|",

@@ -1,5 +1,5 @@
-"""The benchmark harness: interleaving, the FLOP count behind MFU, and the README quoting the
-results file verbatim."""
+"""The benchmark harness: interleaving, the FLOP count behind MFU, and docs/performance.md quoting
+the results file verbatim."""
 
 import pytest
 
@@ -30,13 +30,15 @@ def test_table_is_markdown():
     assert out.splitlines() == ["| a | ratio |", "|---|---|", "| x | 1.235 |", "| y | 12,346 |"]
 
 
-def test_readme_quotes_the_results_file(repo_root):
-    readme = (repo_root / "README.md").read_text()
+def test_performance_page_quotes_the_results_file(repo_root):
+    page = (repo_root / "docs" / "performance.md").read_text()
     for device in ("cpu", "cuda"):  # what `make bench` writes; results-history.md is prose
         results = repo_root / "benchmarks" / f"results-{device}.md"
         if not results.exists():
             continue
         start, end = f"<!-- bench:{device}:start -->\n", f"<!-- bench:{device}:end -->"
-        assert start in readme and end in readme, f"README.md lacks the {device} markers"
-        quoted = readme.split(start, 1)[1].split(end, 1)[0]
-        assert quoted == results.read_text(), f"README.md is stale: rerun make bench ({device})"
+        assert start in page and end in page, f"docs/performance.md lacks the {device} markers"
+        quoted = page.split(start, 1)[1].split(end, 1)[0]
+        assert quoted == results.read_text(), (
+            f"docs/performance.md is stale: rerun make bench ({device})"
+        )
