@@ -5,8 +5,8 @@ with `--<group>.<arg>=...`) and `TRAINER_ADDS` (what `instantiate_trainer` adds)
 writes them into docs/running.md, "What every run gets".
 
 Other wiring:
-- the Trainer is `vit_lightning.run.trainer.Trainer` (plus `export`): a checkpoint save that fails on one rank fails on
-  all of them at once, instead of leaving the others in a barrier;
+- the Trainer is `vit_lightning.run.trainer.Trainer` (plus `export`): a checkpoint save that fails
+  on one rank fails on all of them at once, instead of leaving the others in a barrier;
 - the DataModule's num_classes, in_chans and img_size are linked into the network's arguments;
 - the resolved `seed_everything` reaches the DataModule as `data.init_args.loader_seed`;
 - `--ckpt_path=last` means the newest of last.ckpt, on_exception.ckpt and SLURM's hpc_ckpt_*.ckpt;
@@ -14,8 +14,8 @@ Other wiring:
   validate, test and predict need a checkpoint, or `--ckpt_path=none` to use untrained weights;
 - a checkpoint's model settings that contradict ones the user set are named, key by key, and
   stop the run (LightningCLI would let the checkpoint's win silently);
-- one live fit per default_root_dir (`run_lock`); a killed run's lock does not block its resume;
-- settings that cannot work stop the run at startup (`startup`), with exit code 2;
+- one live fit per default_root_dir (`run.run_dir.RunLock`); a killed run's lock does not block its resume;
+- settings that cannot work stop the run at startup (`run.settings`), with exit code 2;
 - `export` (vit_lightning/run/export.py) writes a checkpoint's network as ONNX or torch.export;
 - W&B writes under default_root_dir, runs offline when there are no credentials, and receives the
   full resolved config (model, data, trainer, optimiser), which LightningCLI does not send itself;
