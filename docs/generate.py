@@ -36,6 +36,15 @@ def first_sentence(doc: str | None) -> str:
     return (match.group(1) if match else paragraph).replace("|", "\\|")
 
 
+def public_names(tree: ast.Module, most: int = 6) -> str:
+    """The public classes, then functions, a module defines, as code (re-exports are left out)."""
+    nodes = [n for n in tree.body if not getattr(n, "name", "_").startswith("_")]
+    names = [n.name for n in nodes if isinstance(n, ast.ClassDef)]
+    names += [n.name for n in nodes if isinstance(n, ast.FunctionDef)]
+    shown = ", ".join(f"`{n}`" for n in names[:most])
+    return shown + (f", ... ({len(names)})" if len(names) > most else "")
+
+
 def modules() -> str:
     """The module map: one table per folder of the package, each module's docstring beside it."""
     folders: dict[Path, list[Path]] = {}
@@ -43,10 +52,12 @@ def modules() -> str:
         folders.setdefault(path.parent, []).append(path)
     out = []
     for folder, paths in folders.items():
-        out += [f"### `{folder.relative_to(ROOT)}/`", "", "| module | holds |", "|---|---|"]
+        out += [f"### `{folder.relative_to(ROOT)}/`", ""]
+        out += ["| module | holds | defines |", "|---|---|---|"]
         for path in paths:
-            doc = ast.get_docstring(ast.parse(path.read_text()))
-            out.append(f"| `{path.relative_to(ROOT)}` | {first_sentence(doc)} |")
+            tree = ast.parse(path.read_text())
+            doc, names = first_sentence(ast.get_docstring(tree)), public_names(tree)
+            out.append(f"| `{path.relative_to(ROOT)}` | {doc} | {names} |")
         out.append("")
     return "\n".join(out)
 
