@@ -19,7 +19,11 @@ PAGES = [
 ]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
-CONFIG_PATH = re.compile(r"configs/[\w./-]+\.(?:yaml|sbatch)")
+# a repository file named in the text (links are checked by LINK); `NN_name` is a placeholder
+REPO_PATH = re.compile(
+    r"(?<![\w/<.-])(?:configs|vit_lightning|tests|benchmarks|notebooks|docs)/[\w./-]+"
+    r"\.(?:yaml|sbatch|py|md|ipynb)\b"
+)
 
 
 def _generator():
@@ -76,11 +80,15 @@ def test_the_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_config_path_named_exists(page):
-    named = sorted(set(CONFIG_PATH.findall(page.read_text())))
+def test_every_file_named_in_the_text_exists(page):
+    named = sorted(set(REPO_PATH.findall(page.read_text())) - {"notebooks/NN_name.py"})
     missing = [p for p in named if not (ROOT / p).is_file()]
-    assert named or page != ROOT / "README.md"  # the front door names its recipes
-    assert not missing, f"{page.relative_to(ROOT)} names config files that do not exist: {missing}"
+    assert not missing, f"{page.relative_to(ROOT)} names files that do not exist: {missing}"
+
+
+def test_the_file_check_finds_a_config_that_is_gone():
+    text = "run `configs/cifar10.yaml` with configs/overlays/gone.yaml, see ../vit_lightning/x.py"
+    assert REPO_PATH.findall(text) == ["configs/cifar10.yaml", "configs/overlays/gone.yaml"]
 
 
 def test_the_docs_map_names_every_module():
@@ -108,7 +116,9 @@ def test_every_generated_section_has_a_place_and_content():
 
 
 def test_render_rewrites_a_stale_section_and_names_an_unknown_one():
-    stale = "a\n<!-- generated:callbacks:start -->\nSTALE ROW\n<!-- generated:callbacks:end -->\nb\n"
+    stale = (
+        "a\n<!-- generated:callbacks:start -->\nSTALE ROW\n<!-- generated:callbacks:end -->\nb\n"
+    )
     fresh = generate.render(stale)
     assert "STALE ROW" not in fresh and "| `checkpoint` |" in fresh and fresh.endswith("-->\nb\n")
     with pytest.raises(SystemExit, match="unknown section 'nope'"):
@@ -133,5 +143,6 @@ def test_the_readme_is_a_front_door():
     sections = re.findall(r"^## (.+)$", FENCE.sub("", readme), re.M)
     assert sections[0] == "Results", sections  # airbench-style: what it reaches comes first
     assert len(readme.splitlines()) <= 250, "the reference belongs in docs/"
+    assert "make fit" in readme and "make test" in readme and "configs/cifar10.yaml" in readme
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f"(docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"
