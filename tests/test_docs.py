@@ -146,3 +146,14 @@ def test_the_readme_is_a_front_door():
     assert "make fit" in readme and "make test" in readme and "configs/cifar10.yaml" in readme
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f"(docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"
+
+
+def test_every_shipped_config_is_listed_in_the_running_page():
+    page = (ROOT / "docs" / "running.md").read_text()
+    shipped = sorted((ROOT / "configs").glob("*.yaml")) + sorted(
+        (ROOT / "configs" / "overlays").glob("*.yaml")
+    )
+    missing = [
+        str(p.relative_to(ROOT)) for p in shipped if f"| `{p.relative_to(ROOT)}` |" not in page
+    ]
+    assert not missing, f"add a row to docs/running.md's config tables for: {missing}"
