@@ -1,5 +1,5 @@
 """The tutorial notebooks' helpers (vit_lightning.analysis.tutorial, and the run readers of
-vit_lightning.run.wandb_logger that notebook 03 uses), on tiny synthetic inputs."""
+vit_lightning.analysis.runs that notebook 03 uses), on tiny synthetic inputs."""
 
 import json
 import sys

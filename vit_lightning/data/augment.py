@@ -2,7 +2,7 @@
 
 A table maps a policy name to its torchvision transforms. The loader runs them on each image; the
 device pipeline reads the same list and runs it batched (`device_augment.from_transforms`). The
-allowed values (the constructor's `Literal`), the validation error, `--help` and the README's
+allowed values (the constructor's `Literal`), the validation error, `--help` and docs/data.md's
 policy table are all generated from it.
 """
 
@@ -22,7 +22,7 @@ class Policy:
     """One value of a DataModule's `augment` argument.
 
     Args:
-        help: One line for `--help` and the README.
+        help: One line for `--help` and docs/data.md.
         transforms: Builds the transforms applied to the PIL image, before ToImage/Normalize:
             RandomCrop, RandomHorizontalFlip and one AutoAugment-family policy, in that order,
             so the device pipeline can run them too.
@@ -56,7 +56,7 @@ def describe(table: Table) -> str:
 
 
 def markdown(tables: dict[str, Table]) -> str:
-    """One README table over datasets: {DataModule class name: its table}."""
+    """One docs table over datasets: {DataModule class name: its table}."""
     rows = ["| DataModule | `augment` | transforms |", "|---|---|---|"]
     for cls, table in tables.items():
         for name, p in table.items():
