@@ -1,6 +1,7 @@
 """Shared test setup: GPU tests skip cleanly on CPU-only machines, W&B runs never leak from one
 test into the next, and fixtures for the CLI in a fresh process and for tiny data files."""
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,6 +12,15 @@ import torch
 from helpers import ROOT
 from helpers.cli import run_cli as _run_cli
 from helpers.data_files import Cifar10Files, write_cifar10, write_idx
+
+# Under pytest-xdist each worker gets its share of the cores: torch's default (every core per
+# process) makes the workers' threads, and those of the CLI processes and notebook kernels they
+# start (OMP_NUM_THREADS is inherited), spin against each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+    torch.set_num_threads(_THREADS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
