@@ -19,7 +19,7 @@ from helpers.cli import cli_command, cli_env
 
 from vit_lightning.cli import main
 from vit_lightning.errors import UserError
-from vit_lightning.run import run_dir as run_lock
+from vit_lightning.run import run_dir
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 SMALL = ["--data.train_size=128", "--data.val_size=64", "--data.test_size=64"]
@@ -121,13 +121,13 @@ def test_a_held_folder_refuses_a_second_fit_and_a_killed_holder_does_not_block(t
         args = smoke_args("fit", tmp_path, *QUIET, *SMALL, "--trainer.max_epochs=1")
         code, err = _fails(capsys, *args)
         assert code == 1 and f"another fit is running in {tmp_path} (PID {holder.pid} " in err
-        assert sorted(p.name for p in tmp_path.iterdir()) == [run_lock.LOCK_FILE]  # untouched
+        assert sorted(p.name for p in tmp_path.iterdir()) == [run_dir.LOCK_FILE]  # untouched
     finally:
         holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
         holder.wait()
     cli = main([*args, "--ckpt_path=last"])
     assert cli.trainer.current_epoch == 1
-    assert not (tmp_path / run_lock.LOCK_FILE).exists()  # released at the end of the fit
+    assert not (tmp_path / run_dir.LOCK_FILE).exists()  # released at the end of the fit
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -149,7 +149,7 @@ def test_two_real_fits_in_one_folder_and_a_resume_after_kill_9(tmp_path, run_cli
         text=True,
     )
     try:
-        _wait_for(tmp_path / run_lock.LOCK_FILE, first)
+        _wait_for(tmp_path / run_dir.LOCK_FILE, first)
         second = run_cli(*args, "--trainer.max_epochs=1")
         assert second.returncode == 1, second.stderr[-2000:]
         assert f"another fit is running in {tmp_path} (PID {first.pid} " in second.stderr
@@ -157,12 +157,12 @@ def test_two_real_fits_in_one_folder_and_a_resume_after_kill_9(tmp_path, run_cli
     finally:
         first.send_signal(signal.SIGKILL)  # no cleanup at all: the lock file stays behind
         first.communicate()
-    assert (tmp_path / run_lock.LOCK_FILE).exists()
+    assert (tmp_path / run_dir.LOCK_FILE).exists()
     last = tmp_path / "checkpoints" / "last.ckpt"
     epochs = torch.load(last, weights_only=False)["epoch"] + 2 if last.exists() else 1
     resumed = run_cli(*args, f"--trainer.max_epochs={epochs}", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert not (tmp_path / run_lock.LOCK_FILE).exists()  # released at the end
+    assert not (tmp_path / run_dir.LOCK_FILE).exists()  # released at the end
 
 
 def test_without_file_locks_a_live_pid_holds_the_folder_and_a_dead_one_does_not(
@@ -171,15 +171,15 @@ def test_without_file_locks_a_live_pid_holds_the_folder_and_a_dead_one_does_not(
     def no_flock(fd, op):  # e.g. Lustre mounted without flock
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(run_lock.fcntl, "flock", no_flock)
-    path, host = tmp_path / run_lock.LOCK_FILE, socket.gethostname()
+    monkeypatch.setattr(run_dir.fcntl, "flock", no_flock)
+    path, host = tmp_path / run_dir.LOCK_FILE, socket.gethostname()
     path.write_text(f'{{"pid": {os.getppid()}, "host": "{host}"}}')  # alive, on this host
     with pytest.raises(UserError, match=f"PID {os.getppid()} on {host}.*delete {path}"):
-        run_lock.RunLock(tmp_path).acquire()
+        run_dir.RunLock(tmp_path).acquire()
     dead = subprocess.Popen(["true"])
     dead.wait()
     path.write_text(f'{{"pid": {dead.pid}, "host": "{host}"}}')
-    lock = run_lock.RunLock(tmp_path).acquire()  # a killed run's lock: taken over
+    lock = run_dir.RunLock(tmp_path).acquire()  # a killed run's lock: taken over
     assert f'"pid": {os.getpid()}' in path.read_text()
     lock.release()
     assert not path.exists()
@@ -277,7 +277,7 @@ def test_bad_betas_fail_before_any_run_files_exist(tmp_path, run_cli):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "model.betas=[0.9, 1.5] must be two numbers in [0, 1)" in proc.stderr
     assert "Traceback" not in proc.stderr
-    for name in ("config.yaml", "wandb", "wandb-run-id", "checkpoints", run_lock.LOCK_FILE):
+    for name in ("config.yaml", "wandb", "wandb-run-id", "checkpoints", run_dir.LOCK_FILE):
         assert not (tmp_path / name).exists(), name
 
 

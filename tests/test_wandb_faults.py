@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from helpers import smoke_args
 
-from vit_lightning.run import wandb_logger as wandb_runs
+from vit_lightning.run import wandb_logger
 
 VIEWER = json.dumps({"data": {"viewer": {"id": "VXNlcjox", "entity": "someone"}}}).encode()
 
@@ -87,7 +87,7 @@ def test_the_probe_names_what_is_wrong_within_its_timeout(kind, monkeypatch):
         for name, value in _online_env(port).items():
             monkeypatch.setenv(name, value)
         start = time.monotonic()
-        problem = wandb_runs.wandb_server_problem(timeout=1.0)
+        problem = wandb_logger.wandb_server_problem(timeout=1.0)
         assert time.monotonic() - start < 2
     assert problem is not None and problem.startswith(reason), problem
 
@@ -96,7 +96,7 @@ def test_the_probe_passes_a_server_that_knows_the_key(monkeypatch):
     with http_server(500, probe_status=200) as port:
         for name, value in _online_env(port).items():
             monkeypatch.setenv(name, value)
-        assert wandb_runs.wandb_server_problem(timeout=1.0) is None
+        assert wandb_logger.wandb_server_problem(timeout=1.0) is None
 
 
 def _assert_trained_offline(proc, start, root, port: int, reason: str) -> None:
