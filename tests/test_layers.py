@@ -24,6 +24,7 @@ LAYERS = [
     ("vit_lightning.run", "vit_lightning.wandb_runs"),
     ("vit_lightning.analysis",),
     ("vit_lightning.callbacks",),
+    ("vit_lightning.experiments",),
     ("vit_lightning.cli", "vit_lightning.__main__"),
 ]
 

@@ -361,6 +361,15 @@ def _constructor_error(e: ValueError | TypeError) -> BaseException:
 
 
 def main(args: list[str] | None = None) -> ViTLightningCLI:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["multirun"]:  # experiments sit below the CLI: they get its parser as `check`
+        from vit_lightning.experiments import multirun
+
+        raise SystemExit(multirun.main(argv[1:]))
+    if argv[:1] == ["compare"]:
+        from vit_lightning.experiments import compare
+
+        raise SystemExit(compare.main(argv[1:]))
     try:
         return ViTLightningCLI(args=args)
     except UserError as e:  # a message that says what to do: no traceback needed

@@ -1,0 +1,1 @@
+"""Experiments: many runs over seeds and variants (`multirun`), and the table that compares them (`compare`)."""
