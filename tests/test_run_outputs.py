@@ -4,6 +4,7 @@ config.yaml is accepted by every subcommand; every logger gets the same layout; 
 package is missing and a W&B folder that cannot be written are one line each."""
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -76,7 +77,11 @@ def test_the_runs_config_is_accepted_by_every_subcommand_and_left_unchanged(fitt
     config = ["--config", str(fitted / "config.yaml")]
     before = _files(fitted)
     main(["test", *config, "--ckpt_path=best", *QUIET])  # the issue's case: it rewrote the file
-    assert _files(fitted) == before  # config.yaml, checkpoints, metrics: as the fit left them
+    after = _files(fitted)
+    results, fit_results = json.loads(after.pop("results.json")), before.pop("results.json")
+    assert after == before  # config.yaml, checkpoints, metrics: as the fit left them
+    assert results["fit"] == json.loads(fit_results)["fit"]  # the test adds only its own record
+    assert 0.0 <= results["test"]["test/acc"] <= 1.0
     assert sorted(p.name for p in fitted.glob("config*")) == ["config.yaml"]
     for sub in ("fit", "validate", "test", "predict", "export"):
         with pytest.raises(SystemExit) as exit_info:  # parses it, then stops

@@ -180,7 +180,7 @@ def _check_folder(root: Path, killed_pids: set[int]) -> list[str]:
             if not pid or int(pid) not in killed_pids:
                 problems.append(f"temp file {name} not left by a killed process")
         elif not (
-            name in ("config.yaml", "fit.lock", "checkpoints/last.ckpt")
+            name in ("config.yaml", "fit.lock", "results.json", "checkpoints/last.ckpt")
             or (name.startswith("checkpoints/best-") and name.endswith(".ckpt"))
         ):
             problems.append(f"unexpected file {name}")
