@@ -1,1 +1,1 @@
-"""Experiments: many runs over seeds and variants (`multirun`), and the table that compares them (`compare`)."""
+"""Experiments: many runs over seeds and variants (`multirun`); the table that compares them is still to come."""
