@@ -30,6 +30,8 @@ Other wiring:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -360,12 +362,34 @@ def _constructor_error(e: ValueError | TypeError) -> BaseException:
     return e
 
 
+def parser_error(stderr: str) -> str:
+    """jsonargparse's message, whole (it may span lines), from a failed parse's stderr."""
+    lines = stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    if not starts:
+        return stderr.strip() or "the command line did not parse"
+    return "\n".join(lines[starts[-1] :]).removeprefix("error: ").strip()
+
+
+def check_fit_args(args: list[str]) -> dict[str, Any]:
+    """The resolved config of `fit *args` (its `--print_config`), parsed in this process; a bad
+    setting raises ConfigError with the parser's message. multirun's `check`."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            ViTLightningCLI(args=["fit", *args, "--print_config"])
+    except SystemExit as e:
+        if e.code:
+            raise ConfigError(parser_error(err.getvalue())) from None
+    return yaml.safe_load(out.getvalue()) or {}
+
+
 def main(args: list[str] | None = None) -> ViTLightningCLI:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["multirun"]:  # experiments sit below the CLI: they get its parser as `check`
         from vit_lightning.experiments import multirun
 
-        raise SystemExit(multirun.main(argv[1:]))
+        raise SystemExit(multirun.main(argv[1:], check=check_fit_args))
     try:
         return ViTLightningCLI(args=args)
     except UserError as e:  # a message that says what to do: no traceback needed

@@ -1,12 +1,15 @@
 """`python -m vit_lightning multirun`: one experiment = a base config x a grid of variants x seeds.
 
 ```bash
+python -m vit_lightning multirun --spec configs/experiments/fashion_mnist_patch.yaml  # or:
 python -m vit_lightning multirun --config configs/fashion_mnist.yaml \
     --grid model.net.init_args.depth=4,6 --grid model.net.init_args.drop_path_rate=0,0.1 \
     --seeds 0,1,2 --root runs/depth-ablation [--launcher local|local-gpus|slurm] [--dry_run] \
     [-- <more fit overrides>]
 ```
 
+- `--spec FILE` holds the same options as YAML (`read_spec`); options also given on the command
+  line win, and its `args` come before the ones after `--`.
 - Each `--grid KEY=V1,V2` is one dotted key of the fit config and its values (YAML scalars); several
   keys form their product. Each (variant, seed) is one normal `fit --ckpt_path=last`, then `test
   --ckpt_path=best`, each a `python -m vit_lightning` process in its own default_root_dir,
@@ -36,7 +39,6 @@ import itertools
 import json
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,10 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m vit_lightning multirun",
         description="Fit and test every (variant, seed) of a grid; see the module docstring.",
     )
-    p.add_argument("--config", action="append", required=True, help="base config (repeatable)")
-    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2 (repeatable)")
-    p.add_argument("--seeds", default="0", help="comma-separated ints (default 0)")
-    p.add_argument("--root", required=True, help="the experiment folder")
+    p.add_argument("--spec", help="an experiment file: its keys are this command's options")
+    p.add_argument("--config", action="append", help="base config (repeatable)")
+    p.add_argument("--grid", action="append", help="KEY=V1,V2 (repeatable)")
+    p.add_argument("--seeds", help="comma-separated ints (default 0)")
+    p.add_argument("--root", help="the experiment folder")
     p.add_argument("--launcher", choices=("local", "local-gpus", "slurm"), default="local")
     p.add_argument("--gpus", help="local-gpus: device ids, e.g. 0,1 (default: every visible GPU)")
     p.add_argument("--dry_run", action="store_true", help="print the runs, write nothing")
@@ -127,6 +130,55 @@ SLURM_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("mem_gb", None, "memory per task, GB"),
     ("parallelism", "256", "tasks of the array running at once"),
 )
+
+
+SPEC_KEYS = ("config", "grid", "seeds", "root", "args")
+
+
+def _text(value: Any) -> str:
+    """A YAML scalar as it would be typed on a command line."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+def read_spec(path: str) -> dict[str, Any]:
+    """An experiment file, as the options it stands for:
+
+    ```yaml
+    config: [configs/fashion_mnist.yaml]        # or one path
+    grid: {model.net.init_args.patch_size: [4, 7]}
+    seeds: [0, 1, 2]
+    root: runs/experiments/patch
+    args: [--trainer.max_epochs=3]              # more fit overrides (after `--`)
+    ```
+    """
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"--spec {path}: cannot read it ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--spec {path}: not YAML ({e})") from e
+    if not isinstance(spec, dict):
+        raise ConfigError(f"--spec {path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    if unknown := sorted(set(spec) - set(SPEC_KEYS)):
+        raise ConfigError(
+            f"--spec {path}: unknown key(s) {', '.join(unknown)}; the keys are {', '.join(SPEC_KEYS)}"
+        )
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+        raise ConfigError(f"--spec {path}: grid must map each key to a list of values")
+    configs, seeds, args = spec.get("config"), spec.get("seeds"), spec.get("args") or []
+    seeds = (
+        None if seeds is None else ",".join(map(str, seeds if isinstance(seeds, list) else [seeds]))
+    )
+    return {
+        "config": [configs] if isinstance(configs, str) else configs,
+        "grid": [f"{k}={','.join(_text(v) for v in vs)}" for k, vs in grid.items()],
+        "seeds": seeds,
+        "root": spec.get("root"),
+        "args": [str(a) for a in args],
+    }
 
 
 def _yaml_scalar(text: str, what: str) -> Any:
@@ -215,16 +267,6 @@ def expand(exp: Experiment, wandb: bool) -> list[Run]:
     return runs
 
 
-def subprocess_check(args: list[str]) -> dict[str, Any]:
-    """The CLI's parser in a fresh process (`fit --print_config`), for callers without the CLI."""
-    cmd = [sys.executable, "-m", "vit_lightning", "fit", *args, "--print_config"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-        raise ConfigError((errors[-1] if errors else proc.stderr.strip()).removeprefix("error: "))
-    return yaml.safe_load(proc.stdout) or {}
-
-
 def _logger_is_wandb(config: dict[str, Any]) -> bool:
     logger = (config.get("trainer") or {}).get("logger")
     return isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
@@ -258,8 +300,18 @@ def plan(argv: list[str], check: Check) -> tuple[Experiment, argparse.Namespace]
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     )
     opts = _parser().parse_args(ours)
-    grid, raw = parse_grid(opts.grid)
-    exp = Experiment(Path(opts.root), opts.config, grid, raw, parse_seeds(opts.seeds), extra)
+    if opts.spec:  # the command line's options win over the file's
+        spec = read_spec(opts.spec)
+        for key in ("config", "grid", "seeds", "root"):
+            if getattr(opts, key) is None:
+                setattr(opts, key, spec[key])
+        extra = spec["args"] + extra
+    for key in ("config", "root"):
+        if not getattr(opts, key):
+            raise ConfigError(f"--{key} is required (on the command line or in a --spec file)")
+    grid, raw = parse_grid(opts.grid or [])
+    seeds = parse_seeds(opts.seeds or "0")
+    exp = Experiment(Path(opts.root), opts.config, grid, raw, seeds, extra)
     check_root(exp)
     exp.runs = expand(exp, wandb=False)
     wandb = False
@@ -274,13 +326,13 @@ def plan(argv: list[str], check: Check) -> tuple[Experiment, argparse.Namespace]
     return exp, opts
 
 
-def main(argv: list[str], check: Check | None = None) -> int:
+def main(argv: list[str], check: Check) -> int:
     """Exit code: 0 all runs done, 1 some failed, 2 bad input (nothing ran)."""
     from vit_lightning.callbacks.run_summary import git_commit
     from vit_lightning.experiments import launchers
 
     try:
-        exp, opts = plan(argv, check or subprocess_check)
+        exp, opts = plan(argv, check)
         launch = launchers.launcher(opts)  # its options are checked before anything is written
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
