@@ -390,6 +390,10 @@ def main(args: list[str] | None = None) -> ViTLightningCLI:
         from vit_lightning.experiments import multirun
 
         raise SystemExit(multirun.main(argv[1:], check=check_fit_args))
+    if argv[:1] == ["compare"]:
+        from vit_lightning.experiments import compare
+
+        raise SystemExit(compare.main(argv[1:]))
     try:
         return ViTLightningCLI(args=args)
     except UserError as e:  # a message that says what to do: no traceback needed

@@ -3,7 +3,8 @@ folders, each as one dict per run; and the helpers a comparison table needs.
 
 - `read_offline_run` reads an offline run folder with wandb's own `wandb leet inspect --json`;
   `offline_runs` merges the folders of a resumed run; `api_runs` reads a project's runs from
-  the server; `from_csv` reads a CSVLogger folder; `local_runs` finds all of them under a folder.
+  the server (`api_records`: filtered, for `compare`); `from_csv` reads a CSVLogger folder;
+  `local_runs` finds all of them under a folder.
 - `series`, `get`, `best`, `fmt` and `table` turn runs into curves and text tables.
 """
 
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vit_lightning.errors import UserError
 
 Run = dict[str, Any]  # {"name", "config": nested dict, "history": [logged rows], "summary"}
 
@@ -109,6 +112,38 @@ def api_runs(path: str) -> list[dict]:
             "summary": r.summary_metrics,
         }
         for r in wandb.Api().runs(path)
+    ]
+
+
+def api_records(
+    path: str, groups: Sequence[str] | None = None, job_type: str | None = None
+) -> list[dict[str, Any]]:
+    """The runs of a W&B project ("entity/project"), optionally only some groups or a job_type,
+    with what `compare` needs: {"id", "name", "state", "group", "job_type", "config",
+    "summary", "history": the rows that logged val/acc}."""
+    import wandb
+
+    filters: dict[str, Any] = {}
+    if groups:
+        filters["group"] = {"$in": list(groups)}
+    if job_type:
+        filters["jobType"] = job_type
+    try:
+        runs = list(wandb.Api(timeout=30).runs(path, filters=filters))
+    except (wandb.errors.CommError, ValueError) as e:
+        raise UserError(f"W&B project {path}: cannot read its runs ({e})") from e
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            "state": r.state,
+            "group": r.group,
+            "job_type": r.job_type,
+            "config": dict(r.config),
+            "summary": dict(r.summary_metrics),
+            "history": list(r.scan_history(keys=["epoch", "val/acc"])),
+        }
+        for r in runs
     ]
 
 
