@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from vit_lightning.errors import ConfigError, UserError
-from vit_lightning.experiments.multirun import MANIFEST, _short_names
+from vit_lightning.experiments.multirun import BASE_VARIANT, MANIFEST, _short_names
 from vit_lightning.run.files import write_file
 
 DEFAULT_METRICS = ("test/acc", "val/acc_best", "train/throughput", "fit_seconds")
@@ -69,6 +69,7 @@ class Record:
     metrics: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/acc)
     problem: str | None = None
+    variant: str | None = None  # its multirun variant's name, read from the experiment folder
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -159,7 +160,12 @@ def read_paths(paths: list[str], tested: bool) -> tuple[list[Record], list[str]]
         if (path / MANIFEST).is_file():
             manifest = _read_json(path / MANIFEST)
             by = list(manifest.get("grid", {})) if len(paths) == 1 else []
-            records += [read_run_folder(path / r["dir"], tested) for r in manifest.get("runs", [])]
+            for run in manifest.get("runs", []):
+                record = read_run_folder(path / run["dir"], tested)
+                record.name = run["name"]
+                record.variant = run["name"].rpartition(f"seed={run['seed']}")[0].rstrip(",")
+                record.variant = record.variant or BASE_VARIANT
+                records.append(record)
         elif _is_run(path):
             records.append(read_run_folder(path, tested))
         elif path.is_dir():
@@ -220,38 +226,48 @@ def resolve_by(by: list[str], records: list[Record]) -> list[str]:
 
 
 def group(
-    records: list[Record], by: list[str] | None
+    records: list[Record], by: list[str] | None, variants: bool = False
 ) -> tuple[dict[str, list[Record]], list[str], list[Record]]:
-    """({label: records}, the keys grouped by, records left out with their `problem` set)."""
+    """({label: records}, the keys grouped by, the records left out with their `problem` set).
+
+    Groups by the values of `by` (None: every key that differs between the runs), or with
+    `variants`, by each record's multirun variant. A run whose other settings differ from its
+    group's (`variants`) or from all runs' (`by`) comes from another base config: left out.
+    """
     good = [r for r in records if r.problem is None]
     left = [r for r in records if r.problem is not None]
     settings = {id(r): _settings(r.config) for r in good}
     keys = sorted({k for s in settings.values() for k in s})
     if by is None:  # every key whose value is not the same in all runs
         by = [k for k in keys if len({_value_text(s.get(k)) for s in settings.values()}) > 1]
-    rest = [k for k in keys if k not in by]
+    short = _short_names(by)
 
-    def signature(r: Record) -> tuple[str, ...]:
-        return tuple(_value_text(settings[id(r)].get(k)) for k in rest)
+    def label(r: Record) -> str:
+        if variants:
+            return r.variant or BASE_VARIANT
+        values = settings[id(r)]
+        return ",".join(f"{short[k]}={_value_text(values.get(k))}" for k in by) or "all"
 
-    if good:
-        base = Counter(map(signature, good)).most_common(1)[0][0]
-        for r in list(good):
-            if (sig := signature(r)) != base:
+    rest = keys if variants else [k for k in keys if k not in by]
+    groups: dict[str, list[Record]] = {}
+    for r in good:
+        groups.setdefault(label(r), []).append(r)
+    # the settings of the runs a group must share: the most common ones (ties: the first run's)
+    scopes = list(groups.values()) if variants else [good]
+    for scope in scopes:
+        sigs = {id(r): tuple(_value_text(settings[id(r)].get(k)) for k in rest) for r in scope}
+        base = Counter(sigs.values()).most_common(1)[0][0] if scope else ()
+        for r in list(scope):
+            if sigs[id(r)] != base:
                 diffs = [
                     f"{k}={a} (the others: {b})"
-                    for k, a, b in zip(rest, sig, base, strict=True)
+                    for k, a, b in zip(rest, sigs[id(r)], base, strict=True)
                     if a != b
                 ]
                 r.problem = "another base config: " + "; ".join(diffs[:3])
-                good.remove(r)
                 left.append(r)
-    short = _short_names(by)
-    groups: dict[str, list[Record]] = {}
-    for r in good:
-        label = ",".join(f"{short[k]}={_value_text(settings[id(r)].get(k))}" for k in by) or "all"
-        groups.setdefault(label, []).append(r)
-    return groups, by, left
+    groups = {g: [r for r in rs if r.problem is None] for g, rs in groups.items()}
+    return {g: rs for g, rs in groups.items() if rs}, by, left
 
 
 def describe(values: list[float]) -> dict[str, float | None]:
@@ -296,9 +312,15 @@ class Table:
 
 
 def compare(
-    records: list[Record], by: list[str] | None, metrics: list[str], baseline: str | None
+    records: list[Record],
+    by: list[str] | None,
+    metrics: list[str],
+    baseline: str | None = None,
+    variants: bool = False,
 ) -> Table:
-    groups, by, left = group(records, by)
+    """The table: `group` the records (see there), then per metric and group `describe` and
+    `versus` the baseline group (its label, or its value for one key; default the first)."""
+    groups, by, left = group(records, by, variants)
     if not groups:
         raise UserError(
             "no complete run to compare; left out:\n"
@@ -493,8 +515,10 @@ def main(argv: list[str]) -> int:
             records, by = read_wandb(api_records(opts.wandb, opts.group, opts.job_type), tested), []
         else:
             records, by = read_paths(opts.paths, tested)
+        # an experiment's runs group by their variant, unless --by says otherwise
+        variants = not opts.by and all(r.variant for r in records) and bool(records)
         by = resolve_by(opts.by, records) if opts.by else (by or None)
-        table = compare(records, by, metrics, opts.baseline)
+        table = compare(records, by, metrics, opts.baseline, variants)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -9,9 +9,12 @@ python -m vit_lightning multirun --config configs/fashion_mnist.yaml \
 ```
 
 - `--spec FILE` holds the same options as YAML (`read_spec`); options also given on the command
-  line win, and its `args` come before the ones after `--`.
+  line win, and its `args` come before the ones after `--`. Its `after` names experiment files to
+  run first, with the same launcher (e.g. a teacher for its students); a failure there stops it.
+  Paths in a spec are relative to the working directory, as on the command line.
 - Each `--grid KEY=V1,V2` is one dotted key of the fit config and its values (YAML scalars); several
-  keys form their product. Each (variant, seed) is one normal `fit --ckpt_path=last`, then `test
+  keys form their product. `--grid config=A.yaml,B.yaml,none` makes a variant of each overlay
+  file on the base configs (`none`: the base alone), named by the file's stem. Each (variant, seed) is one normal `fit --ckpt_path=last`, then `test
   --ckpt_path=best`, each a `python -m vit_lightning` process in its own default_root_dir,
   `<root>/runs/<name>`, named like `depth=4,drop_path_rate=0.1,seed=0`.
 - `<root>/experiment.json` records the configs, grid, seeds, extra arguments, commit and every
@@ -53,7 +56,9 @@ from vit_lightning.run.files import write_file
 MANIFEST = "experiment.json"
 # what makes two invocations the same experiment (the commit and the command lines may move)
 SAME_EXPERIMENT = ("configs", "grid", "seeds", "extra")
-BASE_VARIANT = "base"  # the variant's name when there is no grid, only seeds
+BASE_VARIANT = "base"
+# `--grid config=a.yaml,b.yaml,none`: a variant per overlay file on the base configs (none: none)
+CONFIG_KEY, NO_CONFIG = "config", "none"  # the variant's name when there is no grid, only seeds
 
 # `check(fit_args) -> resolved config`: the CLI's own parser; it raises ConfigError
 Check = Callable[[list[str]], dict[str, Any]]
@@ -132,7 +137,7 @@ SLURM_OPTIONS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
-SPEC_KEYS = ("config", "grid", "seeds", "root", "args")
+SPEC_KEYS = ("config", "grid", "seeds", "root", "args", "after")
 
 
 def _text(value: Any) -> str:
@@ -151,6 +156,7 @@ def read_spec(path: str) -> dict[str, Any]:
     seeds: [0, 1, 2]
     root: runs/experiments/patch
     args: [--trainer.max_epochs=3]              # more fit overrides (after `--`)
+    after: [configs/experiments/teacher.yaml]   # experiments to run first (e.g. a teacher)
     ```
     """
     try:
@@ -169,6 +175,7 @@ def read_spec(path: str) -> dict[str, Any]:
     if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
         raise ConfigError(f"--spec {path}: grid must map each key to a list of values")
     configs, seeds, args = spec.get("config"), spec.get("seeds"), spec.get("args") or []
+    after = spec.get("after")
     seeds = (
         None if seeds is None else ",".join(map(str, seeds if isinstance(seeds, list) else [seeds]))
     )
@@ -178,6 +185,7 @@ def read_spec(path: str) -> dict[str, Any]:
         "seeds": seeds,
         "root": spec.get("root"),
         "args": [str(a) for a in args],
+        "after": [str(a) for a in after] if isinstance(after, list) else [str(after)] * bool(after),
     }
 
 
@@ -205,7 +213,10 @@ def parse_grid(specs: list[str]) -> tuple[dict[str, list[Any]], dict[str, list[s
         if key in grid:
             raise ConfigError(f"--grid {key} given twice; put all its values in one --grid")
         raw[key] = texts
-        grid[key] = [_yaml_scalar(t, f"--grid {key}") for t in texts]
+        if key == CONFIG_KEY:  # config files, as typed
+            grid[key] = texts
+        else:
+            grid[key] = [_yaml_scalar(t, f"--grid {key}") for t in texts]
     return grid, raw
 
 
@@ -228,8 +239,8 @@ def _short_names(keys: list[str]) -> dict[str, str]:
 def variant_name(variant: dict[str, str]) -> str:
     """`depth=4,drop_path_rate=0.1` from the values as typed; a folder name, so no `/`."""
     short = _short_names(list(variant))
-    text = ",".join(f"{short[k]}={v}" for k, v in variant.items()) or BASE_VARIANT
-    return text.replace(os.sep, "_")
+    parts = [f"{short[k]}={Path(v).stem if k == CONFIG_KEY else v}" for k, v in variant.items()]
+    return (",".join(parts) or BASE_VARIANT).replace(os.sep, "_")
 
 
 def expand(exp: Experiment, wandb: bool) -> list[Run]:
@@ -244,7 +255,11 @@ def expand(exp: Experiment, wandb: bool) -> list[Run]:
             name = f"{group},seed={seed}" if keys else f"seed={seed}"
             rel = f"runs/{name}"
             common = [a for c in exp.configs for a in ("--config", c)]
-            common += [f"--{k}={v}" for k, v in raw.items()]
+            # an overlay file next, so the grid's keys and the extra arguments win over it
+            common += [
+                f"--config={v}" for k, v in raw.items() if k == CONFIG_KEY and v != NO_CONFIG
+            ]
+            common += [f"--{k}={v}" for k, v in raw.items() if k != CONFIG_KEY]
             common += [f"--seed_everything={seed}"]
             if wandb:
                 common += [
@@ -306,6 +321,7 @@ def plan(argv: list[str], check: Check) -> tuple[Experiment, argparse.Namespace]
             if getattr(opts, key) is None:
                 setattr(opts, key, spec[key])
         extra = spec["args"] + extra
+    opts.after = spec["after"] if opts.spec else []
     for key in ("config", "root"):
         if not getattr(opts, key):
             raise ConfigError(f"--{key} is required (on the command line or in a --spec file)")
@@ -326,26 +342,56 @@ def plan(argv: list[str], check: Check) -> tuple[Experiment, argparse.Namespace]
     return exp, opts
 
 
+def _launcher_args(opts: argparse.Namespace) -> list[str]:
+    """This invocation's launcher options, for the experiments its spec runs first."""
+    args = ["--launcher", opts.launcher] + ["--gpus", opts.gpus] * bool(opts.gpus)
+    args += ["--dry_run"] * opts.dry_run
+    return args + [
+        f"--slurm.{k}={getattr(opts, f'slurm_{k}')}"
+        for k, _, _ in SLURM_OPTIONS
+        if getattr(opts, f"slurm_{k}") is not None
+    ]
+
+
+def stages(
+    argv: list[str], check: Check, seen: tuple[str, ...] = ()
+) -> list[tuple[Experiment, argparse.Namespace]]:
+    """This experiment, after the ones its spec's `after` names (theirs first), all checked."""
+    exp, opts = plan(argv, check)
+    out = []
+    for path in opts.after:
+        key = str(Path(path).resolve())
+        if key in seen:
+            raise ConfigError(f"--spec {opts.spec}: `after` loops back to {path}")
+        out += stages(["--spec", path, *_launcher_args(opts)], check, (*seen, key))
+    return out + [(exp, opts)]
+
+
 def main(argv: list[str], check: Check) -> int:
     """Exit code: 0 all runs done, 1 some failed, 2 bad input (nothing ran)."""
     from vit_lightning.callbacks.run_summary import git_commit
     from vit_lightning.experiments import launchers
 
     try:
-        exp, opts = plan(argv, check)
-        launch = launchers.launcher(opts)  # its options are checked before anything is written
+        todo = stages(argv, check)
+        # each launcher's options are checked before anything is written
+        launches = [launchers.launcher(opts) for _, opts in todo]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if opts.dry_run:
-        for run in exp.runs:
-            print(f"{run.name}\n  python -m vit_lightning {shlex.join(run.fit)}")
-            print(f"  python -m vit_lightning {shlex.join(run.test)}")
-        return 0
-    manifest = exp.manifest(git_commit())
-    write_file(exp.root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-    failed = launch(exp)
-    for run in failed:
-        log = run.folder(exp.root) / launchers.LOG
-        print(f"failed: {run.name} (log: {log.resolve()})", file=sys.stderr)
-    return 1 if failed else 0
+    for (exp, opts), launch in zip(todo, launches, strict=True):
+        if opts.dry_run:
+            print(f"# {exp.root}")
+            for run in exp.runs:
+                print(f"{run.name}\n  python -m vit_lightning {shlex.join(run.fit)}")
+                print(f"  python -m vit_lightning {shlex.join(run.test)}")
+            continue
+        manifest = exp.manifest(git_commit())
+        write_file(exp.root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        failed = launch(exp)
+        for run in failed:
+            log = run.folder(exp.root) / launchers.LOG
+            print(f"failed: {run.name} (log: {log.resolve()})", file=sys.stderr)
+        if failed:  # a later experiment may need this one's checkpoints
+            return 1
+    return 0
