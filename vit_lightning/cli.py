@@ -377,7 +377,11 @@ def check_fit_args(args: list[str]) -> dict[str, Any]:
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            ViTLightningCLI(args=["fit", *args, "--print_config"])
+            argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns of argv beside args
+            try:
+                ViTLightningCLI(args=["fit", *args, "--print_config"])
+            finally:
+                sys.argv = argv
     except SystemExit as e:
         if e.code:
             raise ConfigError(parser_error(err.getvalue())) from None

@@ -178,6 +178,18 @@ def read_paths(paths: list[str], tested: bool) -> tuple[list[Record], list[str]]
     return records, by
 
 
+def _cli_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A W&B run's config as the CLI resolved it: Lightning also logs the module's and the
+    DataModule's hyperparameters at the top level (`lr`, `net`, `batch_size`), copies of
+    `model.*` and `data.init_args.*`."""
+    model, data = config.get("model") or {}, (config.get("data") or {}).get("init_args") or {}
+    return {
+        k: v
+        for k, v in config.items()
+        if not k.startswith("_") and not (k != "seed_everything" and (k in model or k in data))
+    }
+
+
 def read_wandb(runs: list[dict[str, Any]], tested: bool) -> list[Record]:
     """Records from W&B runs (`analysis.runs.api_records`): each fit joined with the last test
     run of its default_root_dir, so the table matches the offline one."""
@@ -203,7 +215,7 @@ def read_wandb(runs: list[dict[str, Any]], tested: bool) -> list[Record]:
             problem = f"unfinished: the fit stopped before max_epochs (run {fit['id']})"
         elif tested and "id" not in test:
             problem = f"not tested: no W&B test run for {root}"
-        config = flatten({k: v for k, v in fit["config"].items() if not k.startswith("_")})
+        config = flatten(_cli_config(fit["config"]))
         records.append(
             Record(Path(str(root)).name, config, metrics, sorted(by_epoch.items()), problem)
         )
@@ -270,33 +282,41 @@ def group(
     return {g: rs for g, rs in groups.items() if rs}, by, left
 
 
-def describe(values: list[float]) -> dict[str, float | None]:
-    """n, mean, sd (n-1) and the 95% t interval of the mean."""
+def _sd(values: list[float]) -> float:
+    """The sample sd (n-1); exactly 0 for equal values (scipy warns of cancellation there)."""
+    return 0.0 if max(values) == min(values) else float(stats().tstd(values))
+
+
+def stats():  # scipy is slow to import: only when a table is made
     from scipy import stats
 
+    return stats
+
+
+def describe(values: list[float]) -> dict[str, float | None]:
+    """n, mean, sd (n-1) and the 95% t interval of the mean (scipy.stats.t)."""
     n = len(values)
     mean = sum(values) / n if n else None
-    sd = stats.tstd(values) if n > 1 else None
+    sd = _sd(values) if n > 1 else None
     low = high = None
     if n > 1:
         if sd == 0:
             low = high = mean
         else:
-            low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(values))
+            low, high = stats().t.interval(0.95, n - 1, loc=mean, scale=sd / math.sqrt(n))
     return {"n": n, "mean": mean, "sd": sd, "ci_low": low, "ci_high": high}
 
 
 def versus(values: list[float], base: list[float]) -> dict[str, float | None]:
-    """mean(values) - mean(base), its 95% Welch interval and Welch's two-sided p-value."""
-    from scipy import stats
-
+    """mean(values) - mean(base), its 95% Welch interval and Welch's two-sided p-value
+    (scipy.stats.ttest_ind(equal_var=False) and its confidence_interval)."""
     none = {"diff": None, "diff_low": None, "diff_high": None, "p": None}
     if not values or not base:
         return none
     diff = sum(values) / len(values) - sum(base) / len(base)
-    if len(values) < 2 or len(base) < 2 or (stats.tstd(values) == 0 and stats.tstd(base) == 0):
+    if len(values) < 2 or len(base) < 2 or (_sd(values) == 0 and _sd(base) == 0):
         return {**none, "diff": diff}
-    test = stats.ttest_ind(values, base, equal_var=False)
+    test = stats().ttest_ind(values, base, equal_var=False)
     ci = test.confidence_interval(0.95)
     return {"diff": diff, "diff_low": ci.low, "diff_high": ci.high, "p": float(test.pvalue)}
 
