@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # One or more configs, merged left to right: CONFIG="configs/cifar10.yaml configs/overlays/cifar10_deit.yaml"
 CONFIG ?= configs/cifar10.yaml
+# An experiment file (configs/experiments/): `make experiment SPEC=...`
+SPEC ?= configs/experiments/fashion_mnist_patch.yaml
 
-.PHONY: help install test test-all lint format notebooks docs fit bench profile clean
+.PHONY: help install test test-all lint format notebooks docs fit experiment bench profile clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +46,10 @@ docs: install ## Write docs/*.md's generated sections (module map, augmentation 
 
 fit: install ## Train the default CIFAR-10 recipe (CONFIG="base overlay..." for another)
 	$(PY) -m vit_lightning fit $(foreach c,$(CONFIG),--config $(c))
+
+experiment: install ## Run an experiment file's runs (skipping finished ones), then its compare table: SPEC=...
+	$(PY) -m vit_lightning multirun --spec $(SPEC)
+	$(PY) -m vit_lightning compare --spec $(SPEC)
 
 bench: install ## Benchmarks side by side (ours vs timm, Lightning overhead, data loading); tables into docs/performance.md
 	$(PY) -m benchmarks

@@ -2,6 +2,7 @@
 
 ```bash
 python -m vit_lightning compare runs/depth-ablation [--by KEY] [--metric test/acc] [--baseline 4]
+python -m vit_lightning compare --spec configs/experiments/fashion_mnist_patch.yaml  # its root
 python -m vit_lightning compare runs/a runs/b ...           # run folders (default_root_dirs)
 python -m vit_lightning compare --wandb me/vit-lightning --group depth=4 --group depth=6
 ```
@@ -38,7 +39,7 @@ from typing import Any
 import yaml
 
 from vit_lightning.errors import ConfigError, UserError
-from vit_lightning.experiments.multirun import BASE_VARIANT, MANIFEST, _short_names
+from vit_lightning.experiments.multirun import BASE_VARIANT, MANIFEST, _short_names, read_spec
 from vit_lightning.run.files import write_file
 
 DEFAULT_METRICS = ("test/acc", "val/acc_best", "train/throughput", "fit_seconds")
@@ -509,6 +510,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Mean, spread and 95%% intervals per variant; see the module docstring.",
     )
     p.add_argument("paths", nargs="*", help="experiment folders, run folders, or folders of runs")
+    p.add_argument("--spec", help="a multirun experiment file: its root and baseline")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a W&B server")
     p.add_argument("--group", action="append", help="--wandb: only these W&B groups")
     p.add_argument("--job_type", help="--wandb: only this job_type (multirun: the experiment)")
@@ -525,6 +527,10 @@ def main(argv: list[str]) -> int:
     metrics = opts.metric or list(DEFAULT_METRICS)
     tested = any(m.startswith("test/") for m in metrics)
     try:
+        if opts.spec:
+            spec = read_spec(opts.spec)
+            opts.paths = opts.paths or [spec["root"]]
+            opts.baseline = opts.baseline or spec["baseline"]
         if bool(opts.wandb) == bool(opts.paths):
             raise ConfigError(
                 "give run or experiment folders, or --wandb ENTITY/PROJECT (not both)"

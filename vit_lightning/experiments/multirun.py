@@ -137,7 +137,7 @@ SLURM_OPTIONS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
-SPEC_KEYS = ("config", "grid", "seeds", "root", "args", "after")
+SPEC_KEYS = ("config", "grid", "seeds", "root", "args", "after", "baseline")
 
 
 def _text(value: Any) -> str:
@@ -157,6 +157,7 @@ def read_spec(path: str) -> dict[str, Any]:
     root: runs/experiments/patch
     args: [--trainer.max_epochs=3]              # more fit overrides (after `--`)
     after: [configs/experiments/teacher.yaml]   # experiments to run first (e.g. a teacher)
+    baseline: 4                                 # compare's --baseline (`compare --spec FILE`)
     ```
     """
     try:
@@ -185,6 +186,7 @@ def read_spec(path: str) -> dict[str, Any]:
         "seeds": seeds,
         "root": spec.get("root"),
         "args": [str(a) for a in args],
+        "baseline": None if spec.get("baseline") is None else _text(spec["baseline"]),
         "after": [str(a) for a in after] if isinstance(after, list) else [str(after)] * bool(after),
     }
 
