@@ -1,7 +1,9 @@
 """`make bench` / `python -m benchmarks`: every benchmark side by side, one table file per device.
 
 Writes benchmarks/results-<device>.md and copies it into docs/performance.md between the markers
-`<!-- bench:<device>:start -->` and `<!-- bench:<device>:end -->`.
+`<!-- bench:<device>:start -->` and `<!-- bench:<device>:end -->`. The measured training
+experiments (transfer, distillation, the two augmentation paths) are multirun files in
+configs/experiments/, each reproduced by `multirun --spec` and `compare` (docs/experiments.md).
 """
 
 from __future__ import annotations
