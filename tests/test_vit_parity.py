@@ -10,7 +10,12 @@ from timm.layers import resample_abs_pos_embed as timm_resample
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import vit_lightning
-from vit_lightning.models.vit import VisionTransformer, checkpoint_filter_fn, resample_abs_pos_embed
+from vit_lightning.models.vit import (
+    SMALL_DATA_OPTIONS,
+    VisionTransformer,
+    checkpoint_filter_fn,
+    resample_abs_pos_embed,
+)
 
 # Small but complete models: each config exercises one option of the contract.
 TINY = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
@@ -85,6 +90,9 @@ def test_constructor_names_and_defaults_match_timm():
     ours = inspect.signature(VisionTransformer).parameters
     theirs = inspect.signature(TimmViT).parameters
     for name, p in ours.items():
+        if name in SMALL_DATA_OPTIONS:  # ours, off by default (tests/test_vit_small_data.py)
+            assert p.default == SMALL_DATA_OPTIONS[name], name
+            continue
         assert name in theirs, f"{name} is not a timm VisionTransformer argument"
         assert p.default == theirs[name].default, name
     required = {

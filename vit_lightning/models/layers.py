@@ -3,7 +3,10 @@ the resampling of position embeddings and patch-embedding kernels for new sizes,
 for which blocks' features to take.
 
 Names, keys, initialisation and maths follow timm, so `vit.py`'s model is timm's VisionTransformer
-with the same state_dict. This file never imports timm.
+with the same state_dict. This file never imports timm. The small-data layers timm lacks follow
+their papers' reference code instead: CCT's convolutional tokenizer and sequence pooling (Hassani
+et al., 2021; SHI-Labs/Compact-Transformers) and shifted patch tokenization and locality
+self-attention (Lee et al., 2021; aanna0701/SPT_LSA_ViT).
 
 Shapes: B batch, C channels, H/W image size, p patch size, N tokens (prefix + patches), D embed dim.
 """
@@ -21,7 +24,11 @@ from vit_lightning.errors import ConfigError
 
 __all__ = [
     "PatchEmbed",
+    "ConvTokenizer",
+    "ShiftedPatchEmbed",
     "Attention",
+    "LocalitySelfAttention",
+    "SeqPool",
     "Mlp",
     "LayerScale",
     "DropPath",
@@ -102,9 +109,140 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid for an (H, W) input: (H/p, W/p)."""
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N_patches, D), row-major over the grid
+
+
+class ConvTokenizer(nn.Module):
+    """CCT's convolutional tokenizer: n × [conv k×k, no bias -> ReLU -> max-pool 3×3 stride 2].
+
+    As CCT's `Tokenizer` with the settings of its models (`src/cct.py`): padding max(1, k//2),
+    stride max(1, k//2 - 1) (1 for k=3, 2 for k=7), the inner layers `hidden_chans` wide, the
+    last `embed_dim`, Kaiming-normal weights. Each token is one cell of the last pooled map, whose
+    receptive field overlaps its neighbours', unlike a patch's.
+
+    Args:
+        img_size: Input image size the model is built for.
+        in_chans: Number of input image channels.
+        embed_dim: Token dimension D (the last conv's channels).
+        num_layers: Number of conv-ReLU-pool stages; each halves the grid (and more if stride > 1).
+        kernel_size: Odd conv kernel side k.
+        hidden_chans: Channels of the stages before the last (CCT's `in_planes`).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        num_layers: int = 1,
+        kernel_size: int = 3,
+        hidden_chans: int = 64,
+    ) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        self.stride = max(1, kernel_size // 2 - 1)
+        padding = max(1, kernel_size // 2)
+        chans = [in_chans] + [hidden_chans] * (num_layers - 1) + [embed_dim]
+        self.conv_layers = nn.Sequential(
+            *[
+                nn.Sequential(
+                    nn.Conv2d(
+                        chans[i], chans[i + 1], kernel_size, self.stride, padding, bias=False
+                    ),
+                    nn.ReLU(),
+                    nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+                )
+                for i in range(num_layers)
+            ]
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+        self.img_size = _pair(img_size)
+        reduction = (2 * self.stride) ** num_layers
+        # the total stride: each token stands for a reduction × reduction cell of the input, and
+        # an input divisible by it gives an exact grid (export's dynamic sizes use it)
+        self.patch_size = (reduction, reduction)
+        self.grid_size = self.dynamic_feat_size(self.img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid for an (H, W) input. An odd k with padding k//2 makes each conv
+        ceil(H / stride) (2p - k = -1), and each pool ceil(H / 2)."""
+        h, w = img_size
+        s = self.stride
+        for _ in range(self.num_layers):
+            h, w = (h + s - 1) // s, (w + s - 1) // s
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_layers(x)  # (B, D, h, w): h = ceil(H / (2 stride)^n)
+        return x.flatten(2).transpose(1, 2)  # (B, h*w, D), row-major over the grid
+
+
+class ShiftedPatchEmbed(nn.Module):
+    """Shifted patch tokenization (SPT, Lee et al. 2021): the image and its 4 diagonal shifts by
+    half a patch, stacked as 5C channels, cut into patches, then LayerNorm and Linear.
+
+    As the reference's `ShiftedPatchTokenization(is_pe=True)`: zero padding where a shift moves
+    the image off its border, channel order [x, left-up, right-up, left-down, right-down], each
+    patch flattened as (row, column, channel), LayerNorm with torch's eps 1e-5. Each token then
+    sees its patch and the half of each diagonal neighbour next to it.
+
+    Args:
+        img_size: Input image size the model is built for.
+        patch_size: Side of each square patch, at least 2 (the shift is patch_size // 2).
+        in_chans: Number of input image channels.
+        embed_dim: Token dimension D.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+    ) -> None:
+        super().__init__()
+        self.img_size = _pair(img_size)
+        self.patch_size = _pair(patch_size)
+        self.shift = (self.patch_size[0] // 2, self.patch_size[1] // 2)
+        self.grid_size = self.dynamic_feat_size(self.img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        patch_dim = 5 * in_chans * self.patch_size[0] * self.patch_size[1]
+        self.norm = nn.LayerNorm(patch_dim)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid for an (H, W) input: (H/p, W/p)."""
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
+    def shifted(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 5C, H, W): x, then 4 copies of it shifted by half a patch along
+        the diagonals, named as the reference's (lu[i, j] = x[i - p/2, j - p/2], ...), zeros
+        where a copy has moved off the image."""
+        (sh, sw), (H, W) = self.shift, x.shape[-2:]
+        xp = F.pad(x, (sw, sw, sh, sh))  # (B, C, H + 2sh, W + 2sw)
+        lu = xp[:, :, :H, :W]  # lu[i, j] = x[i - sh, j - sw]: the reference's x_lu
+        ru = xp[:, :, :H, 2 * sw :]  # x[i - sh, j + sw]
+        lb = xp[:, :, 2 * sh :, :W]  # x[i + sh, j - sw]
+        rb = xp[:, :, 2 * sh :, 2 * sw :]  # x[i + sh, j + sw]
+        return torch.cat([x, lu, ru, lb, rb], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shifted(x)  # (B, 5C, H, W)
+        B, C5, H, W = x.shape
+        (ph, pw), (gh, gw) = self.patch_size, (H // self.patch_size[0], W // self.patch_size[1])
+        x = x.reshape(B, C5, gh, ph, gw, pw).permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, ph, pw, 5C)
+        x = x.reshape(B, gh * gw, ph * pw * C5)  # the reference's 'b (h w) (p1 p2 c)'
+        return self.proj(self.norm(x))  # (B, N_patches, D)
 
 
 class Attention(nn.Module):
@@ -153,8 +291,16 @@ class Attention(nn.Module):
         us = t.view(B, N, n, self.num_heads, self.head_dim).unbind(2)
         return tuple(us[i].transpose(1, 2) for i in range(n))  # indexed: an fx Proxy can't iterate
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        q, k, v = self._heads(self.qkv(x), 3)  # 3 × (B, heads, N, head_dim)
+    def _qkv(self, x: torch.Tensor, first_only: int = 0) -> tuple[torch.Tensor, ...]:
+        """3 × (B, heads, N, head_dim); with first_only=k, the queries of the first k tokens."""
+        if first_only:
+            D = x.shape[-1]
+            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([D, 2 * D])
+            (q,) = self._heads(F.linear(x[:, :first_only], w_q, b_q), 1)
+            k, v = self._heads(F.linear(x, w_kv, b_kv), 2)
+        else:
+            q, k, v = self._heads(self.qkv(x), 3)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -162,26 +308,88 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, first_only: int = 0) -> torch.Tensor:
         """(B, N, D) -> (B, N, D); with first_only=k (True is 1), (B, k, D): the outputs for the
         first k tokens alone, whose queries still attend to every token's key and value."""
-        B, N, D = x.shape
-        if first_only:
-            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
-            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([D, 2 * D])
-            (q,) = self._heads(F.linear(x[:, :first_only], w_q, b_q), 1)
-            k, v = self._heads(F.linear(x, w_kv, b_kv), 2)
-            if self.qk_norm:
-                q, k = self.q_norm(q), self.k_norm(k)
-            N = q.shape[2]
-        else:
-            q, k, v = self._qkv(x)
+        B, _, D = x.shape
+        q, k, v = self._qkv(x, first_only)
         dropout_p = self.attn_drop.p if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, heads, N, head_dim)
-        x = x.transpose(1, 2).reshape(B, N, D)
+        x = x.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.proj_drop(self.proj(x))
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """softmax(q kᵀ / √d) of shape (B, heads, N, N), computed explicitly for visualisation only."""
         q, k, _ = self._qkv(x)
         return (q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+class LocalitySelfAttention(Attention):
+    """Locality self-attention (LSA, Lee et al. 2021): attention with a learned temperature and
+    the diagonal masked, so each token attends to the others, never to itself.
+
+    As the reference's `Attention(is_LSA=True)`: `scale` is a trained Parameter, one per head,
+    started at the fixed 1/√head_dim; every token's own key is masked, [CLS] included. The
+    attention sharpens where a fixed temperature and the large self-similarity keep it flat.
+    Takes `Attention`'s arguments and keys, plus `scale`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop)
+        self.scale = nn.Parameter(torch.full((num_heads,), self.head_dim**-0.5))
+
+    def _scaled_q(self, q: torch.Tensor) -> torch.Tensor:
+        return q * self.scale.to(q.dtype).view(-1, 1, 1)  # (B, heads, N, hd) × (heads, 1, 1)
+
+    @staticmethod
+    def off_diagonal(n_q: int, n: int, device: torch.device) -> torch.Tensor:
+        """(n_q, n) bool, True where query i may attend key j: everywhere but j == i."""
+        return torch.arange(n_q, device=device)[:, None] != torch.arange(n, device=device)
+
+    def forward(self, x: torch.Tensor, first_only: int = 0) -> torch.Tensor:
+        """As `Attention.forward`; the first k tokens of first_only=k are masked from themselves."""
+        B, _, D = x.shape
+        q, k, v = self._qkv(x, first_only)
+        mask = self.off_diagonal(q.shape[2], k.shape[2], x.device)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(
+            self._scaled_q(q), k, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0
+        )  # (B, heads, N, head_dim)
+        x = x.transpose(1, 2).reshape(B, q.shape[2], D)
+        return self.proj_drop(self.proj(x))
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, N) attention weights; the diagonal is exactly 0."""
+        q, k, _ = self._qkv(x)
+        logits = self._scaled_q(q) @ k.transpose(-2, -1)
+        mask = self.off_diagonal(q.shape[2], k.shape[2], x.device)
+        return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+class SeqPool(nn.Module):
+    """CCT's sequence pooling: a softmax over the tokens of a learned score, Linear(D, 1), then
+    the tokens' weighted sum. As `TransformerClassifier(seq_pool=True)`'s `attention_pool`.
+
+    Args:
+        dim: Token dimension D.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attention_pool = nn.Linear(dim, 1)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens -> (B, N) pooling weights, summing to 1 over the tokens."""
+        return self.attention_pool(x).squeeze(-1).softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, D)."""
+        return (self.weights(x).unsqueeze(1) @ x).squeeze(1)  # (B, 1, N) @ (B, N, D)
 
 
 class Mlp(nn.Module):
@@ -234,7 +442,8 @@ def LayerNorm(dim: int) -> nn.LayerNorm:  # noqa: N802 - reads as a layer type, 
 class Block(nn.Module):
     """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    Disabled options are nn.Identity, so forward has no branches.
+    Disabled options are nn.Identity, so forward has no branches. `attn_layer` is timm's: the
+    attention class, `Attention` or `LocalitySelfAttention`.
     """
 
     def __init__(
@@ -248,10 +457,11 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         init_values: float | None = None,
         drop_path: float = 0.0,
+        attn_layer: type[Attention] = Attention,
     ) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop)
+        self.attn = attn_layer(dim, num_heads, qkv_bias, qk_norm, attn_drop, proj_drop)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = LayerNorm(dim)

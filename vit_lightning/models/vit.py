@@ -4,6 +4,8 @@ Layering, names and initialisation follow timm (`timm/models/vision_transformer.
 state_dict moves between the two with `strict=True` and the same seed builds the same weights. The
 layers live in `layers.py`, as timm's live in `timm/layers`, and are re-exported here. This file
 never imports timm; `tests/test_vit_parity.py` and `tests/test_vit_api.py` check the equivalence.
+The small-data options (CCT's tokenizer and sequence pooling, SPT, LSA) are off by default; with
+them on the model is no longer timm's (`tests/test_vit_small_data.py` pins them to their papers).
 
 Shapes: B batch, C channels, H/W image size, p patch size, N tokens (prefix + patches), D embed dim.
 """
@@ -24,11 +26,15 @@ from vit_lightning.errors import ConfigError
 from vit_lightning.models.layers import (
     Attention,
     Block,
+    ConvTokenizer,
     DropPath,
     LayerNorm,
     LayerScale,
+    LocalitySelfAttention,
     Mlp,
     PatchEmbed,
+    SeqPool,
+    ShiftedPatchEmbed,
     _pair,
     drop_path,
     drop_path_rates,
@@ -42,7 +48,11 @@ from vit_lightning.models.pos_embed import build_sincos2d_pos_embed
 __all__ = [
     "VisionTransformer",
     "PatchEmbed",
+    "ConvTokenizer",
+    "ShiftedPatchEmbed",
     "Attention",
+    "LocalitySelfAttention",
+    "SeqPool",
     "Mlp",
     "LayerScale",
     "LayerNorm",
@@ -68,6 +78,14 @@ torch.fx.wrap("resample_abs_pos_embed")
 
 POOLS = ("token", "avg", "")  # '' is no pooling: the head runs on every token, as in timm
 POS_EMBEDS = ("learn", "sincos", "none", "")  # '' is timm's other spelling of 'none'
+EMBED_LAYERS = {"patch": PatchEmbed, "conv": ConvTokenizer, "spt": ShiftedPatchEmbed}
+ATTN_LAYERS = {"": Attention, "attn": Attention, "lsa": LocalitySelfAttention}  # timm's '', 'attn'
+# The switches timm's VisionTransformer lacks (or takes as a class), and their defaults: the
+# plain ViT, timm's. tests/test_vit_parity.py holds every other argument to timm's name and default.
+SMALL_DATA_OPTIONS = dict(
+    embed_layer="patch", conv_layers=1, conv_kernel=3, conv_channels=64, attn_layer="attn"
+)
+MIN_GRID = 2  # tokens per side below which a tokenizer leaves nothing for attention to relate
 
 
 class VisionTransformer(nn.Module):
@@ -78,7 +96,10 @@ class VisionTransformer(nn.Module):
         patch_size: Patch size; must divide img_size.
         in_chans: Number of input image channels.
         num_classes: Number of classes of the linear head (0 for no head).
-        global_pool: 'token' reads the [CLS] token, 'avg' averages the patch tokens.
+        global_pool: 'token' reads the [CLS] token, 'avg' averages the patch tokens, 'seq' is
+            CCT's sequence pooling: a softmax over the patch tokens of a learned Linear(D, 1)
+            score (`seq_pool`), on the final-normed tokens, weights their sum. CCT has no [CLS]:
+            pair it with class_token=False.
         embed_dim: Token dimension.
         depth: Number of Transformer blocks.
         num_heads: Attention heads per block.
@@ -100,6 +121,18 @@ class VisionTransformer(nn.Module):
         drop_path_rate: Stochastic depth of the last block; earlier blocks ramp up linearly from 0.
         weight_init: '' for timm's default init; 'skip' leaves it to the caller (a subclass that
             adds parameters first, as `VisionTransformerDistilled`).
+        embed_layer: How the image becomes tokens. 'patch': a p×p conv with stride p (timm's
+            PatchEmbed). 'conv': CCT's tokenizer (Hassani et al., 2021), conv_layers × [conv
+            conv_kernel×conv_kernel without bias -> ReLU -> max-pool 3×3 stride 2], its grid
+            ceil(img_size / 2) per layer for a 3×3 kernel; patch_size is not used. 'spt':
+            shifted patch tokenization (Lee et al., 2021), the image and its 4 diagonal
+            half-patch shifts (5C channels) cut into patches, LayerNorm, Linear; patch_size >= 2.
+        conv_layers: Number of conv-ReLU-pool stages of embed_layer='conv'.
+        conv_kernel: Odd kernel side of embed_layer='conv'; stride max(1, k//2 - 1), as CCT's.
+        conv_channels: Channels of the stages before the last of embed_layer='conv' (CCT's 64).
+        attn_layer: 'attn' (or '') for timm's attention; 'lsa' for locality self-attention (Lee
+            et al., 2021): a learned temperature per head (`attn.scale`, started at
+            1/√head_dim) and the diagonal masked, so no token attends to itself.
     """
 
     def __init__(
@@ -127,6 +160,11 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         weight_init: Literal["", "skip"] = "",
+        embed_layer: Literal["patch", "conv", "spt"] = "patch",
+        conv_layers: int = 1,
+        conv_kernel: int = 3,
+        conv_channels: int = 64,
+        attn_layer: Literal["attn", "lsa", ""] = "attn",
     ) -> None:
         super().__init__()
         _check_args(locals())
@@ -143,7 +181,12 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False
         use_fc_norm = global_pool == "avg"  # timm: avg pooling moves the final norm after the pool
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        if embed_layer == "conv":
+            self.patch_embed = ConvTokenizer(
+                img_size, in_chans, embed_dim, conv_layers, conv_kernel, conv_channels
+            )
+        else:
+            self.patch_embed = EMBED_LAYERS[embed_layer](img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
@@ -168,6 +211,7 @@ class VisionTransformer(nn.Module):
                     attn_drop=attn_drop_rate,
                     init_values=init_values,
                     drop_path=dpr[i],
+                    attn_layer=ATTN_LAYERS[attn_layer],
                 )
                 for i in range(depth)
             ]
@@ -177,6 +221,7 @@ class VisionTransformer(nn.Module):
             dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)
         ]
         self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim)
+        self.seq_pool = SeqPool(embed_dim) if global_pool == "seq" else None
         self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -232,13 +277,23 @@ class VisionTransformer(nn.Module):
         """Replace the head (and optionally the pooling), e.g. to fine-tune on other classes.
 
         As in timm, the norms stay where the model was built with them, and the new head takes the
-        model's device, dtype and train/eval mode.
+        model's device, dtype and train/eval mode. 'seq' needs a model built with it (its
+        `seq_pool`, as timm's 'map' needs its attn_pool); another pool removes `seq_pool`.
         """
         if global_pool is not None:
-            _check_pool(self, global_pool, self.has_class_token)
+            if global_pool == "seq" and self.seq_pool is None:
+                raise ConfigError.of(
+                    self,
+                    "global_pool='seq' needs the model built with global_pool='seq' (its seq_pool "
+                    "weights); build it so, or use 'token', 'avg' or ''",
+                )
+            allowed = POOLS if self.seq_pool is None else (*POOLS[:-1], "seq", "")
+            _check_pool(self, global_pool, self.has_class_token, allowed)
             self.global_pool = global_pool
+            if global_pool != "seq":
+                self.seq_pool = None
         self.num_classes = num_classes
-        w = self.patch_embed.proj.weight
+        w = next(self.patch_embed.parameters())
         dd = dict(device=w.device, dtype=w.dtype)
         head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.head = head.train(self.training)
@@ -247,7 +302,7 @@ class VisionTransformer(nn.Module):
         """Validate (B, C, H, W) and return the patch grid size, with errors that name the fix."""
         ph, pw = self.patch_embed.patch_size
         if is_fx_symbolic_tracing():  # symbolic shapes: no `if` on them, nothing to check
-            return x.shape[-2] // ph, x.shape[-1] // pw
+            return self.patch_embed.dynamic_feat_size((x.shape[-2], x.shape[-1]))
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ConfigError.of(
                 self,
@@ -256,7 +311,7 @@ class VisionTransformer(nn.Module):
             )
         H, W = x.shape[-2:]
         if self.dynamic_img_size:
-            if H % ph or W % pw:
+            if (H % ph or W % pw) and not isinstance(self.patch_embed, ConvTokenizer):
                 raise ConfigError.of(
                     self,
                     f"input size {H}x{W} is not divisible by patch_size {ph}x{pw}; "
@@ -269,7 +324,7 @@ class VisionTransformer(nn.Module):
                 f"expected input of shape (B, {self.in_chans}, {eh}, {ew}), got {tuple(x.shape)}; "
                 f"resize the input or build the model with dynamic_img_size=True",
             )
-        return H // ph, W // pw
+        return self.patch_embed.dynamic_feat_size((H, W))
 
     def _prefix_tokens(self) -> list[torch.Tensor]:
         """The learned tokens put before the patches, in order, each (1, n, D): [CLS], registers."""
@@ -394,11 +449,13 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
-        """(B, N, D) -> (B, D): the [CLS] token ('token') or the patch-token mean ('avg'); '' keeps
-        every token."""
+        """(B, N, D) -> (B, D): the [CLS] token ('token'), the patch-token mean ('avg') or their
+        SeqPool-weighted sum ('seq'); '' keeps every token."""
         pool_type = self.global_pool if pool_type is None else pool_type
         if pool_type == "token":
             return x[:, 0]
+        if pool_type == "seq":  # over the patch tokens, as timm's attention pools by default
+            return self.seq_pool(x[:, self.num_prefix_tokens :])
         return x[:, self.num_prefix_tokens :].mean(dim=1) if pool_type == "avg" else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -471,7 +528,8 @@ def _check_pool(
 def _check_args(args: dict) -> None:
     """Fail at construction, naming the class and argument, not with a shape error at step 1."""
     me, img, patch = args["self"], _pair(args["img_size"]), _pair(args["patch_size"])
-    if img[0] % patch[0] or img[1] % patch[1]:
+    _check_small_data_args(me, args)
+    if args["embed_layer"] != "conv" and (img[0] % patch[0] or img[1] % patch[1]):
         raise ConfigError.of(
             me, f"img_size={args['img_size']} must be divisible by patch_size={args['patch_size']}"
         )
@@ -479,7 +537,7 @@ def _check_args(args: dict) -> None:
         raise ConfigError.of(
             me, f"embed_dim={args['embed_dim']} must be divisible by num_heads={args['num_heads']}"
         )
-    _check_pool(me, args["global_pool"], args["class_token"], allowed=("token", "avg"))
+    _check_pool(me, args["global_pool"], args["class_token"], allowed=("token", "avg", "seq"))
     if args["pos_embed"] not in POS_EMBEDS:
         raise ConfigError.of(
             me, f"pos_embed={args['pos_embed']!r} must be 'learn', 'sincos' or 'none'"
@@ -511,6 +569,60 @@ def _check_args(args: dict) -> None:
         )
 
 
+def _check_small_data_args(me: nn.Module, args: dict) -> None:
+    """The small-data switches: known values, and no setting that its option would not use."""
+    embed, attn = args["embed_layer"], args["attn_layer"]
+    if embed not in EMBED_LAYERS:
+        raise ConfigError.of(me, f"embed_layer={embed!r} must be 'patch', 'conv' or 'spt'")
+    if attn not in ATTN_LAYERS:
+        raise ConfigError.of(me, f"attn_layer={attn!r} must be 'attn' (or '') or 'lsa'")
+    conv = ("conv_layers", "conv_kernel", "conv_channels")
+    if embed != "conv":
+        changed = [f"{n}={args[n]}" for n in conv if args[n] != SMALL_DATA_OPTIONS[n]]
+        if changed:
+            raise ConfigError.of(
+                me,
+                f"{', '.join(changed)} set with embed_layer={embed!r}, which has no conv stages; "
+                f"use embed_layer='conv' or leave {', '.join(conv)} at their defaults",
+            )
+    for name in ("conv_layers", "conv_channels"):
+        if args[name] < 1:
+            raise ConfigError.of(me, f"{name}={args[name]} must be >= 1")
+    k = args["conv_kernel"]
+    if k < 3 or k % 2 == 0:
+        raise ConfigError.of(
+            me,
+            f"conv_kernel={k} must be odd and >= 3 (padding k//2 keeps the grid "
+            f"ceil(img_size / stride)); use 3 (CCT's CIFAR models) or 7 (its ImageNet ones)",
+        )
+    img, patch = _pair(args["img_size"]), _pair(args["patch_size"])
+    if embed == "conv":
+        tokenizer = ConvTokenizer(img, 1, 1, args["conv_layers"], k, 1)  # for its grid rule only
+        grid = tokenizer.grid_size
+        if min(grid) < MIN_GRID:
+            n = args["conv_layers"]
+            raise ConfigError.of(
+                me,
+                f"conv_layers={n} with conv_kernel={k} reduces img_size={args['img_size']} to a "
+                f"{grid[0]}x{grid[1]} token grid; use fewer conv_layers or a larger img_size "
+                f"(at least {MIN_GRID}x{MIN_GRID} tokens)",
+            )
+    if embed == "spt" and min(patch) < 2:
+        raise ConfigError.of(
+            me,
+            f"embed_layer='spt' with patch_size={args['patch_size']}: the shift is half a patch, "
+            f"0 pixels for a 1-pixel patch; use patch_size >= 2 or embed_layer='patch'",
+        )
+    if attn == "lsa" and embed != "conv":
+        tokens = (img[0] // patch[0]) * (img[1] // patch[1]) + args["class_token"]
+        if tokens + args["reg_tokens"] < 2:
+            raise ConfigError.of(
+                me,
+                f"attn_layer='lsa' with one token: masking its own key leaves it nothing to "
+                f"attend to; use a smaller patch_size than {args['patch_size']} or class_token=True",
+            )
+
+
 def checkpoint_filter_fn(
     state_dict: Mapping[str, Any],
     model: VisionTransformer,
@@ -533,8 +645,9 @@ def checkpoint_filter_fn(
     state_dict = state_dict.get("model", state_dict)
     state_dict = state_dict.get("state_dict", state_dict)
     out = {}
+    patches = isinstance(model.patch_embed, PatchEmbed)  # SPT's proj is a Linear on 5C channels
     for k, v in state_dict.items():
-        if "patch_embed.proj.weight" in k:
+        if "patch_embed.proj.weight" in k and patches:
             D, _, h, w = model.patch_embed.proj.weight.shape
             if v.ndim < 4:  # a Linear patch projection, from before patchifying by a conv
                 v = v.reshape(D, -1, h, w)
