@@ -3,11 +3,20 @@
 Every launcher runs each run through `run_one`, which owns the run's `status.json` and `run.log`
 and makes a rerun idempotent: a run that is done is skipped, a fit that succeeded is not
 repeated, and an unfinished fit resumes (its command line says `--ckpt_path=last`).
+
+- A run's processes die with the launcher (Linux: `PR_SET_PDEATHSIG`), so a launcher killed
+  outright (`kill -9`, the OOM killer) leaves no fit holding the run folder's lock; a rerun resumes
+  it from its last checkpoint. SIGTERM or SIGINT to a local launcher instead stops the run in
+  progress after it saved, starts no other, and exits 128 + the signal (`Stopped`).
+- The SLURM launcher records each task's job id in its run's `status.json` (`slurm_job`) at
+  submission; a rerun while that job is still pending or running (per `sacct`) submits nothing
+  for that run and waits for the job instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import queue
@@ -31,7 +40,23 @@ DONE, FAILED, RUNNING, PENDING, SKIPPED = "done", "failed", "running", "pending"
 # exit codes of a run stopped by a signal it saved for (Preemption: 128 + signal): unfinished
 STOPPED = {128 + s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
 
+# sacct states of a job that may still run the task (the rest: it ran, or SLURM forgot it)
+SLURM_LIVE = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+    "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "READY",
+}  # fmt: skip
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
 Launch = Callable[[Experiment], list[Run]]  # -> the runs that failed
+
+
+class Stopped(Exception):
+    """A local launcher stopped by SIGTERM or SIGINT: the run in progress saved and is pending,
+    the later ones did not start. `failed` lists the runs that had failed before."""
+
+    def __init__(self, signum: int, failed: list[Run]) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.failed = signum, failed
 
 
 def read_status(folder: Path) -> dict[str, Any]:
@@ -52,7 +77,9 @@ class Children:
     def __init__(self) -> None:
         self.procs: set[subprocess.Popen] = set()
         self.stopping = False
-        self.lock = threading.Lock()
+        self.signum = signal.SIGTERM
+        # reentrant: the signal handler runs in the main thread, maybe while it holds the lock
+        self.lock = threading.RLock()
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -60,25 +87,28 @@ class Children:
             signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            self.signum = signum
         self.stopping = True
         if signum == signal.SIGTERM:
             self.terminate()
 
     def terminate(self) -> None:
-        for proc in list(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        with self.lock:
+            for proc in list(self.procs):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
 
     def call(self, args: list[str], log: Any, env: dict[str, str], ignore_usr2: bool) -> int:
         """`python -m vit_lightning *args`, output to `log`; waits by polling, so a signal handler
         may wait for the same process (Popen.wait holds a lock a handler would deadlock on)."""
-        # SLURM sends a job's --signal to every process of the step: submitit's SIGUSR2 must
-        # reach only the submitit task (it stops the fit with SIGTERM), not kill the fit outright
-        pre = (lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN)) if ignore_usr2 else None
         cmd = [sys.executable, "-m", "vit_lightning", *args]
+        pre = _child_setup(ignore_usr2)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pre)
         with self.lock:
             self.procs.add(proc)
+            if self.stopping:  # the signal came while it started: terminate() did not see it
+                proc.send_signal(signal.SIGTERM)
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
@@ -88,15 +118,46 @@ class Children:
         return proc.returncode
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()  # looked up here: a forked child should only call it
+
+
+def _child_setup(ignore_usr2: bool) -> Callable[[], None]:
+    """The run process's setup between fork and exec: it dies with the thread that started it,
+    so no fit outlives a killed launcher and keeps its run folder locked."""
+    parent = os.getpid()
+
+    def setup() -> None:
+        # SLURM sends a job's --signal to every process of the step: submitit's SIGUSR2 must
+        # reach only the submitit task (it stops the fit with SIGTERM), not kill the fit outright
+        if ignore_usr2:
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the launcher died before prctl took effect
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
 def run_one(
     run: Run,
     root: Path,
     children: Children,
     env: dict[str, str] | None = None,
     slurm: bool = False,
+    slurm_job: str | None = None,
 ) -> str:
     """Fit (unless an earlier fit of this run succeeded), then test; returns the run's state, or
-    SKIPPED for a run that was already done."""
+    SKIPPED for a run that was already done. `slurm_job`: the array task running it."""
     folder = run.folder(root)
     before = read_status(folder)
     if before.get("state") == DONE:
@@ -105,10 +166,16 @@ def run_one(
     log = (folder / LOG).resolve()
     fit_done = before.get("fit_rc") == 0
     status = {"state": RUNNING, "log": str(log), "fit_rc": 0 if fit_done else None, "test_rc": None}
+    if slurm_job or before.get("slurm_job"):  # a rerun asks SLURM whether it still runs
+        status["slurm_job"] = slurm_job or before["slurm_job"]
     env = {**os.environ, **(env or {})}
     _write_status(folder, status)
     with open(log, "ab", buffering=0) as out:
         for stage, args in [("fit", run.fit)] * (not fit_done) + [("test", run.test)]:
+            if children.stopping:  # a signal between the stages, or before the first
+                status["state"] = PENDING
+                _write_status(folder, status)
+                return PENDING
             visible = env.get("CUDA_VISIBLE_DEVICES")
             where = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
             out.write(f"\n$ python -m vit_lightning {shlex.join(args)}{where}\n".encode())
@@ -139,6 +206,8 @@ def local(exp: Experiment) -> list[Run]:
         _report(run, state)
         if state == FAILED:
             failed.append(run)
+    if children.stopping:
+        raise Stopped(children.signum, failed)
     return failed
 
 
@@ -162,9 +231,14 @@ def local_gpus(gpus: list[str]) -> Launch:
             _report(run, state)
             return state
 
+        # the pool's threads start the runs and live until all are done (PR_SET_PDEATHSIG
+        # follows the thread that started a process)
         with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
             states = list(pool.map(one, exp.runs))
-        return [run for run, state in zip(exp.runs, states, strict=True) if state == FAILED]
+        failed = [run for run, state in zip(exp.runs, states, strict=True) if state == FAILED]
+        if children.stopping:
+            raise Stopped(children.signum, failed)
+        return failed
 
     return launch
 
@@ -183,9 +257,12 @@ class SlurmTask:
         self.children: Children | None = None
 
     def __call__(self, run: Run) -> str:
+        import submitit
+
         self.children = Children()
         self.children.install()  # SIGTERM passed on; submitit keeps its SIGUSR2 handler
-        state = run_one(run, self.root, self.children, slurm=True)
+        job = submitit.JobEnvironment().job_id
+        state = run_one(run, self.root, self.children, slurm=True, slurm_job=job)
         if state == FAILED:
             raise RuntimeError(f"{run.name} failed: see {run.folder(self.root) / LOG}")
         return state
@@ -224,20 +301,31 @@ def slurm(opts: argparse.Namespace) -> Launch:
     def launch(exp: Experiment) -> list[Run]:
         import submitit
 
-        todo = [r for r in exp.runs if read_status(r.folder(exp.root)).get("state") != DONE]
+        folder = exp.root / "slurm" / "%j"
+        todo, waiting = [], []  # to submit; (run, its earlier job, still queued or running)
         for run in exp.runs:
-            if run not in todo:
+            status = read_status(run.folder(exp.root))
+            if status.get("state") == DONE:
                 _report(run, SKIPPED)
-        if not todo:
-            return []
-        executor = submitit.AutoExecutor(folder=exp.root / "slurm" / "%j", cluster="slurm")
-        executor.update_parameters(name=exp.name, **params)
-        # requeue: SLURM puts a preempted task back in the queue (the fit resumes from last.ckpt)
-        executor.update_parameters(slurm_additional_parameters={"requeue": True})
-        jobs = executor.map_array(SlurmTask(exp.root), todo)
-        print(f"submitted job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks", flush=True)
+            elif (job_id := status.get("slurm_job")) and _slurm_live(job_id):
+                print(f"still in SLURM: {run.name} (job {job_id}); waiting for it", flush=True)
+                waiting.append((run, submitit.SlurmJob(folder=folder, job_id=job_id)))
+            else:
+                todo.append(run)
+        if todo:
+            executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+            executor.update_parameters(name=exp.name, **params)
+            # requeue: SLURM puts a preempted task back in the queue (the fit resumes from
+            # last.ckpt)
+            executor.update_parameters(slurm_additional_parameters={"requeue": True})
+            jobs = executor.map_array(SlurmTask(exp.root), todo)
+            array = jobs[0].job_id.split("_")[0]
+            print(f"submitted job array {array}: {len(jobs)} tasks", flush=True)
+            for run, job in zip(todo, jobs, strict=True):
+                _record_job(run.folder(exp.root), job.job_id)
+            waiting += zip(todo, jobs, strict=True)
         failed = []
-        for run, job in zip(todo, jobs, strict=True):
+        for run, job in waiting:
             job.wait()
             state = read_status(run.folder(exp.root)).get("state", FAILED)
             _report(run, state)
@@ -246,6 +334,24 @@ def slurm(opts: argparse.Namespace) -> Launch:
         return failed
 
     return launch
+
+
+def _slurm_live(job_id: str) -> bool:
+    """Whether `sacct` says the job may still run its task (pending, running, requeued, ...)."""
+    import submitit
+
+    state = submitit.SlurmJob.watcher.get_state(job_id, mode="force")
+    return state.split(" ")[0].upper() in SLURM_LIVE
+
+
+def _record_job(folder: Path, job_id: str) -> None:
+    """`slurm_job` in the run's status, the rest kept. The task may write its own status at the
+    same moment; it records the same job id itself, so either write leaves the id there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    status = read_status(folder)
+    status.setdefault("state", PENDING)
+    status["slurm_job"] = job_id
+    _write_status(folder, status)
 
 
 def launcher(opts: argparse.Namespace) -> Launch:

@@ -370,7 +370,8 @@ def stages(
 
 
 def main(argv: list[str], check: Check) -> int:
-    """Exit code: 0 all runs done, 1 some failed, 2 bad input (nothing ran)."""
+    """Exit code: 0 all runs done, 1 some failed, 2 bad input (nothing ran), 128 + signal when
+    SIGTERM or SIGINT stopped a local launcher (the unfinished runs resume on a rerun)."""
     from vit_lightning.callbacks.run_summary import git_commit
     from vit_lightning.experiments import launchers
 
@@ -390,7 +391,14 @@ def main(argv: list[str], check: Check) -> int:
             continue
         manifest = exp.manifest(git_commit())
         write_file(exp.root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-        failed = launch(exp)
+        try:
+            failed = launch(exp)
+        except launchers.Stopped as e:  # the unfinished runs resume when the command runs again
+            for run in e.failed:
+                log = run.folder(exp.root) / launchers.LOG
+                print(f"failed: {run.name} (log: {log.resolve()})", file=sys.stderr)
+            print(f"{e}: rerun the same command to resume", file=sys.stderr)
+            return 128 + e.signum
         for run in failed:
             log = run.folder(exp.root) / launchers.LOG
             print(f"failed: {run.name} (log: {log.resolve()})", file=sys.stderr)
