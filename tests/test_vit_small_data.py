@@ -459,3 +459,17 @@ def test_conv_tokenizer_ignores_patch_size_and_any_image_size_works():
     model = VisionTransformer(**dict(CCT, img_size=30, patch_size=16))  # 30: not a multiple of 16
     assert model.patch_embed.grid_size == (8, 8)
     assert model(images(2, (30, 30))).shape == (2, 10)
+
+
+def test_the_cli_builds_the_options_from_their_keys():
+    from helpers import SMOKE
+
+    from vit_lightning.cli import ViTLightningCLI
+
+    keys = dict(embed_layer="conv", conv_layers=2, global_pool="seq", class_token="false")
+    args = [f"--model.net.init_args.{k}={v}" for k, v in {**keys, "attn_layer": "lsa"}.items()]
+    cli = ViTLightningCLI(args=["--config", SMOKE, *args, "--trainer.logger=false"], run=False)
+    net = cli.model.net
+    assert isinstance(net.patch_embed, ConvTokenizer) and len(net.patch_embed.conv_layers) == 2
+    assert isinstance(net.seq_pool, SeqPool) and net.cls_token is None
+    assert all(isinstance(b.attn, LocalitySelfAttention) for b in net.blocks)

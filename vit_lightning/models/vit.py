@@ -141,7 +141,7 @@ class VisionTransformer(nn.Module):
         patch_size: int = 16,
         in_chans: int = 3,
         num_classes: int = 1000,
-        global_pool: Literal["token", "avg"] = "token",
+        global_pool: Literal["token", "avg", "seq"] = "token",
         embed_dim: int = 768,
         depth: int = 12,
         num_heads: int = 12,
