@@ -397,6 +397,19 @@ def test_torch_compile_captures_cct_and_spt_lsa_in_one_graph():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["cct_lsa", "spt_lsa"])
+def test_bf16_autocast_trains_with_the_float32_temperature(name):
+    model = VisionTransformer(**OPTIONS[name]).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed: q is bf16, scale float32
+        y = model(images())
+    assert y.dtype == torch.bfloat16
+    y.float().logsumexp(dim=1).sum().backward()
+    scale = model.blocks[0].attn.scale
+    assert (
+        scale.dtype == torch.float32 and scale.grad.isfinite().all() and scale.grad.abs().sum() > 0
+    )
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torch.export"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_a_cct_style_model_exports_and_matches(tmp_path, fmt, dynamic):

@@ -145,7 +145,7 @@ class ConvTokenizer(nn.Module):
         hidden_chans: int = 64,
     ) -> None:
         super().__init__()
-        self.num_layers = num_layers
+        self.num_layers, self.kernel_size = num_layers, kernel_size
         self.stride = max(1, kernel_size // 2 - 1)
         padding = max(1, kernel_size // 2)
         chans = [in_chans] + [hidden_chans] * (num_layers - 1) + [embed_dim]
@@ -172,15 +172,19 @@ class ConvTokenizer(nn.Module):
         self.grid_size = self.dynamic_feat_size(self.img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
-    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
-        """The token grid for an (H, W) input. An odd k with padding k//2 makes each conv
+    @staticmethod
+    def feat_size(img_size: tuple[int, int], num_layers: int, kernel_size: int) -> tuple[int, int]:
+        """The token grid of an (H, W) input. An odd k with padding k//2 makes each conv
         ceil(H / stride) (2p - k = -1), and each pool ceil(H / 2)."""
-        h, w = img_size
-        s = self.stride
-        for _ in range(self.num_layers):
+        (h, w), s = img_size, max(1, kernel_size // 2 - 1)
+        for _ in range(num_layers):
             h, w = (h + s - 1) // s, (w + s - 1) // s
             h, w = (h + 1) // 2, (w + 1) // 2
         return h, w
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid for an (H, W) input."""
+        return self.feat_size(img_size, self.num_layers, self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_layers(x)  # (B, D, h, w): h = ceil(H / (2 stride)^n)

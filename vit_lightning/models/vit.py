@@ -597,8 +597,7 @@ def _check_small_data_args(me: nn.Module, args: dict) -> None:
         )
     img, patch = _pair(args["img_size"]), _pair(args["patch_size"])
     if embed == "conv":
-        tokenizer = ConvTokenizer(img, 1, 1, args["conv_layers"], k, 1)  # for its grid rule only
-        grid = tokenizer.grid_size
+        grid = ConvTokenizer.feat_size(img, args["conv_layers"], k)
         if min(grid) < MIN_GRID:
             n = args["conv_layers"]
             raise ConfigError.of(
