@@ -432,13 +432,17 @@ def test_a_sigterm_stops_the_multirun_and_a_rerun_resumes_bit_exactly(tmp_path):
 def test_a_killed_launcher_takes_its_fit_along_and_a_rerun_resumes_bit_exactly(tmp_path):
     root = tmp_path / "exp"
     run = root / "runs" / "seed=0"
-    args = multirun_args(root, extra=["--trainer.max_epochs=2", *TINY[2:]])
+    # 3 epochs of 16 batches: an orphaned fit would have seconds of work left
+    extra = ["--trainer.max_epochs=3", "--data.init_args.train_size=1024", *TINY[2:]]
+    args = multirun_args(root, extra=extra)
     proc = start(*args)
     poll(lambda: (run / "checkpoints" / "last.ckpt").exists(), 300, "first checkpoint", proc)
     fit_pid = json.loads((run / LOCK_FILE).read_text())["pid"]
     os.kill(proc.pid, signal.SIGKILL)  # the launcher alone, as the OOM killer would
     proc.communicate(timeout=60)
     poll(lambda: not alive(fit_pid), 30, "end of the fit once its launcher was killed")
+    assert "`Trainer.fit` stopped" not in (run / "run.log").read_text()  # killed, not finished
+    assert not (run / "results.json").exists()
     assert status(root, "seed=0")["state"] == "running"  # nobody was left to say otherwise
     done = run_cli(*args)
     assert done.returncode == 0, done.stderr[-3000:]
