@@ -486,3 +486,21 @@ def test_the_cli_builds_the_options_from_their_keys():
     assert isinstance(net.patch_embed, ConvTokenizer) and len(net.patch_embed.conv_layers) == 2
     assert isinstance(net.seq_pool, SeqPool) and net.cls_token is None
     assert all(isinstance(b.attn, LocalitySelfAttention) for b in net.blocks)
+
+
+def test_pictures_and_deit_heads_follow_a_conv_tokenizer_grid():
+    """28 px through 3 conv stages is a 4x4 grid (ceil halvings), not 28 // patch_size."""
+    from vit_lightning.analysis.viz import attention_rollout, cls_attention
+    from vit_lightning.models.deit import VisionTransformerDistilled
+
+    kw = dict(img_size=28, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
+    net = VisionTransformer(**kw, embed_layer="conv", conv_layers=3).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert cls_attention(net, x).shape == (2, 2, 4, 4)
+    rollout = attention_rollout(net, x)
+    assert rollout.shape == (2, 4, 4)
+    assert torch.allclose(rollout.sum(dim=(-2, -1)), torch.ones(2))
+    deit = VisionTransformerDistilled(**kw, embed_layer="conv", conv_layers=2)
+    deit.reset_classifier(5)
+    assert deit.head.out_features == deit.head_dist.out_features == 5
+    assert deit.eval()(x).shape == (2, 5)

@@ -12,8 +12,11 @@ from torch import nn
 
 
 def patch_grid(net: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """(rows, cols) of the patch grid the network cuts `x` into."""
-    ph, pw = net.patch_embed.patch_size
+    """(rows, cols) of the token grid the network makes of `x` (a conv tokenizer's too)."""
+    embed = net.patch_embed
+    if hasattr(embed, "dynamic_feat_size"):
+        return tuple(embed.dynamic_feat_size(tuple(x.shape[-2:])))
+    ph, pw = embed.patch_size
     return x.shape[-2] // ph, x.shape[-1] // pw
 
 

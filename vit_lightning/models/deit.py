@@ -91,7 +91,7 @@ class VisionTransformerDistilled(VisionTransformer):
                 f"and distillation tokens; leave global_pool unset",
             )
         self.num_classes = num_classes
-        w = self.patch_embed.proj.weight
+        w = next(self.patch_embed.parameters())  # its device and dtype; any tokenizer
         dd = dict(device=w.device, dtype=w.dtype)
         for name in ("head", "head_dist"):
             head = (
