@@ -283,6 +283,32 @@ def test_a_root_holding_another_experiment_is_refused(tmp_path, capsys):
     )
 
 
+def test_two_variants_with_one_run_name_are_refused(tmp_path, capsys):
+    overlays = [tmp_path / "a" / "short.yaml", tmp_path / "b" / "short.yaml"]
+    for overlay in overlays:
+        overlay.parent.mkdir()
+        overlay.write_text("trainer:\n  max_epochs: 1\n")
+    grid = f"config={overlays[0]},{overlays[1]}"
+    code, _, err = in_process(capsys, *multirun_args(tmp_path / "exp", "--grid", grid))
+    assert code == 2
+    assert err.startswith("error: --grid: two variants share the run name config=short,seed=0")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_slurm_submission_that_sbatch_rejects_is_one_error_line(tmp_path, capsys, monkeypatch):
+    stub = SlurmStub(tmp_path)
+    stub.refuse("Invalid partition name specified")
+    monkeypatch.setenv("PATH", stub.env()["PATH"])
+    root = tmp_path / "exp"
+    code, _, err = in_process(capsys, *multirun_args(root, *LR_GRID, "--launcher", "slurm"))
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # sbatch's own too
+    assert len(errors) == 1, err
+    assert errors[0].startswith("error: --launcher slurm: sbatch did not take the job array of 2")
+    assert "Invalid partition name specified" in errors[0]
+    assert not (root / "runs").exists()  # nothing ran, nothing claims to be pending
+
+
 def test_a_bad_spec_file_exits_2_naming_the_key(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"config: {SMOKE}\nroot: {tmp_path / 'exp'}\nseed: [0, 1]\n")

@@ -3,7 +3,8 @@
 `SlurmStub(tmp_path)` writes the executables into `tmp_path/bin` (put `stub.env()`'s PATH first);
 their state lives in `tmp_path/slurm-state`:
 
-- `sbatch SCRIPT` records its call (argv and the script's `#SBATCH` lines) in `sbatch.jsonl`,
+- `sbatch SCRIPT` records its call (argv and the script's `#SBATCH` lines) in `sbatch.jsonl`
+  (or, after `refuse(message)`, rejects it with exit 1),
   prints `Submitted batch job N` and starts each array task (`#SBATCH --array=A-B%P`) as a detached
   process (its own session) that runs the script with bash under the variables SLURM sets for an
   array task. submitit moves the task pickles into place after sbatch returns; its task waits
@@ -32,6 +33,10 @@ JOBS.mkdir(parents=True, exist_ok=True)
 """
 
 _SBATCH = """
+refuse = STATE / "refuse"
+if refuse.exists():  # a cluster that rejects the job, as sbatch does: a message and exit 1
+    print(f"sbatch: error: {{refuse.read_text()}}", file=sys.stderr)
+    sys.exit(1)
 script = Path(sys.argv[-1])
 text = script.read_text()
 flags = re.findall(r"^#SBATCH (--\\S+)", text, re.M)
@@ -161,6 +166,10 @@ class SlurmStub:
 
     def env(self) -> dict[str, str]:
         return {"PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def refuse(self, message: str) -> None:
+        """From now on sbatch rejects every job with `message`."""
+        (self.state / "refuse").write_text(message)
 
     def sbatch_calls(self) -> list[dict]:
         path = self.state / "sbatch.jsonl"

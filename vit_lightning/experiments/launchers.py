@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from vit_lightning.errors import ConfigError
+from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.experiments.multirun import Experiment, Run
 from vit_lightning.run.files import write_file
 
@@ -300,6 +300,7 @@ def slurm(opts: argparse.Namespace) -> Launch:
 
     def launch(exp: Experiment) -> list[Run]:
         import submitit
+        from submitit.core import utils
 
         folder = exp.root / "slurm" / "%j"
         todo, waiting = [], []  # to submit; (run, its earlier job, still queued or running)
@@ -318,7 +319,14 @@ def slurm(opts: argparse.Namespace) -> Launch:
             # requeue: SLURM puts a preempted task back in the queue (the fit resumes from
             # last.ckpt)
             executor.update_parameters(slurm_additional_parameters={"requeue": True})
-            jobs = executor.map_array(SlurmTask(exp.root), todo)
+            try:
+                jobs = executor.map_array(SlurmTask(exp.root), todo)
+            except (utils.FailedJobError, utils.FailedSubmissionError, OSError) as e:
+                raise UserError(
+                    f"--launcher slurm: sbatch did not take the job array of {len(todo)} runs "
+                    f"({str(e).strip() or type(e).__name__}); check --slurm.* against the "
+                    "cluster (sinfo), then rerun the same command"
+                ) from e
             array = jobs[0].job_id.split("_")[0]
             print(f"submitted job array {array}: {len(jobs)} tasks", flush=True)
             for run, job in zip(todo, jobs, strict=True):

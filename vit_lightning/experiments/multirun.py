@@ -50,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from vit_lightning.errors import ConfigError
+from vit_lightning.errors import ConfigError, UserError
 from vit_lightning.run.files import write_file
 
 MANIFEST = "experiment.json"
@@ -332,6 +332,12 @@ def plan(argv: list[str], check: Check) -> tuple[Experiment, argparse.Namespace]
     exp = Experiment(Path(opts.root), opts.config, grid, raw, seeds, extra)
     check_root(exp)
     exp.runs = expand(exp, wandb=False)
+    names = [run.name for run in exp.runs]
+    if same := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(
+            f"--grid: two variants share the run name {same[0]} (one folder for both); "
+            "give overlay files distinct names, or values that differ as typed"
+        )
     wandb = False
     for run in exp.runs[:: len(exp.seeds)]:  # one per variant: the seed cannot break a config
         try:
@@ -399,6 +405,9 @@ def main(argv: list[str], check: Check) -> int:
                 print(f"failed: {run.name} (log: {log.resolve()})", file=sys.stderr)
             print(f"{e}: rerun the same command to resume", file=sys.stderr)
             return 128 + e.signum
+        except UserError as e:  # e.g. sbatch refused the array
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
         for run in failed:
             log = run.folder(exp.root) / launchers.LOG
             print(f"failed: {run.name} (log: {log.resolve()})", file=sys.stderr)
