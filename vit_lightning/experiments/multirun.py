@@ -29,6 +29,9 @@ python -m vit_lightning multirun --config configs/fashion_mnist.yaml \
 - Running the same command again skips the runs that are done and resumes the others from their
   last.ckpt (`--ckpt_path=last`); a failed run is named with its log, the others go on, and the
   exit code is 1. `--dry_run` prints the runs and their command lines and writes nothing.
+- SIGTERM or SIGINT stops a local multirun after the run in progress saved (exit 128 + signal);
+  a killed one takes its run's process along. Under `slurm` each run's `status.json` records its
+  task's job id, and a rerun waits for a task still queued or running instead of resubmitting it.
 - Bad input stops it before anything runs (exit 2, one `error:` line): a key the config does not
   have, a value of the wrong type, an empty grid, a root folder that holds another experiment.
 
