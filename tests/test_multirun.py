@@ -19,7 +19,7 @@ from helpers.slurm_stub import SlurmStub
 
 from vit_lightning import cli
 from vit_lightning.errors import ConfigError
-from vit_lightning.experiments import multirun
+from vit_lightning.experiments import launchers, multirun
 from vit_lightning.experiments.multirun import (
     Experiment,
     expand,
@@ -307,6 +307,17 @@ def test_a_slurm_submission_that_sbatch_rejects_is_one_error_line(tmp_path, caps
     assert errors[0].startswith("error: --launcher slurm: sbatch did not take the job array of 2")
     assert "Invalid partition name specified" in errors[0]
     assert not (root / "runs").exists()  # nothing ran, nothing claims to be pending
+
+
+def test_slurm_jobs_still_queued_or_running_are_read_from_one_sacct_call(tmp_path, monkeypatch):
+    stub = SlurmStub(tmp_path)
+    for job, state in {"71_0": "RUNNING", "71_1": "COMPLETED", "72_0": "PENDING"}.items():
+        (stub.state / "jobs" / job).write_text(state)
+    (stub.state / "jobs" / "72_1").write_text("CANCELLED by 1000")
+    monkeypatch.setenv("PATH", stub.env()["PATH"])
+    assert launchers._slurm_live(["71_0", "71_1", "72_0", "72_1", "73_0"]) == {"71_0", "72_0"}
+    calls = (stub.state / "sacct.jsonl").read_text().splitlines()
+    assert len(calls) == 1 and {"71", "72", "73"} <= set(json.loads(calls[0]))
 
 
 def test_a_bad_spec_file_exits_2_naming_the_key(tmp_path, capsys):

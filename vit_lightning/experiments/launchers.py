@@ -303,12 +303,14 @@ def slurm(opts: argparse.Namespace) -> Launch:
         from submitit.core import utils
 
         folder = exp.root / "slurm" / "%j"
+        statuses = [read_status(run.folder(exp.root)) for run in exp.runs]
+        recorded = [s["slurm_job"] for s in statuses if s.get("state") != DONE and "slurm_job" in s]
+        live = _slurm_live(recorded)
         todo, waiting = [], []  # to submit; (run, its earlier job, still queued or running)
-        for run in exp.runs:
-            status = read_status(run.folder(exp.root))
+        for run, status in zip(exp.runs, statuses, strict=True):
             if status.get("state") == DONE:
                 _report(run, SKIPPED)
-            elif (job_id := status.get("slurm_job")) and _slurm_live(job_id):
+            elif (job_id := status.get("slurm_job")) in live:
                 print(f"still in SLURM: {run.name} (job {job_id}); waiting for it", flush=True)
                 waiting.append((run, submitit.SlurmJob(folder=folder, job_id=job_id)))
             else:
@@ -344,12 +346,19 @@ def slurm(opts: argparse.Namespace) -> Launch:
     return launch
 
 
-def _slurm_live(job_id: str) -> bool:
-    """Whether `sacct` says the job may still run its task (pending, running, requeued, ...)."""
+def _slurm_live(job_ids: list[str]) -> set[str]:
+    """The jobs that `sacct` says may still run their task (pending, running, requeued, ...);
+    one sacct call for all of them. A job sacct does not know is not live."""
+    if not job_ids:
+        return set()
     import submitit
 
-    state = submitit.SlurmJob.watcher.get_state(job_id, mode="force")
-    return state.split(" ")[0].upper() in SLURM_LIVE
+    watcher = submitit.SlurmJob.watcher
+    for job_id in job_ids:
+        watcher.register_job(job_id)
+    watcher.update()
+    states = {j: watcher.get_state(j, mode="cache").split(" ")[0].upper() for j in job_ids}
+    return {j for j, state in states.items() if state in SLURM_LIVE}
 
 
 def _record_job(folder: Path, job_id: str) -> None:
