@@ -279,7 +279,15 @@ def test_offline_folders_and_the_wandb_api_give_the_same_table(tmp_path, capsys,
     with pytest.raises(SystemExit) as exit:
         cli.main(argv)
     assert exit.value.code == 0
-    capsys.readouterr()
+    assert capsys.readouterr().err.count("done: ") == 4
+    results = sorted(root.glob("runs/*/results.json"))
+    assert len(results) == 4 and all(json.loads(p.read_text())["test"] for p in results)
+    before = {p: p.stat().st_mtime_ns for p in root.glob("runs/**/*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit:  # the same experiment again: nothing to do
+        cli.main(argv)
+    assert exit.value.code == 0
+    assert capsys.readouterr().err.count("skipped: ") == 4
+    assert {p: p.stat().st_mtime_ns for p in root.glob("runs/**/*") if p.is_file()} == before
 
     assert compare.main([str(root), "--out", str(tmp_path / "offline")]) == 0
     offline = capsys.readouterr().out
