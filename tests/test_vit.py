@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.parity import assert_cls_only_matches_full
 
 from vit_lightning import VisionTransformer, vit_small_patch4_32, vit_tiny_patch4_32
 from vit_lightning.errors import ConfigError
@@ -140,16 +141,7 @@ def test_cls_only_last_block_gives_the_full_forward(qkv_bias):
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)  # no zero-init head or bias can hide a miswiring
     x = torch.randn(6, 3, 32, 32)
-    outs = []
-    for fn in (model, lambda x: model.forward_head(model.forward_features(x))):
-        model.zero_grad()
-        torch.manual_seed(5)
-        y = fn(x)
-        y.square().sum().backward()
-        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-5)
-    for a, b in zip(outs[0][1], outs[1][1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_cls_only_matches_full(model, x)
     blk = model.blocks[-1].eval()
     tokens = torch.randn(2, 65, 48)
     torch.testing.assert_close(blk(tokens, first_only=True), blk(tokens)[:, :1], rtol=0, atol=1e-6)

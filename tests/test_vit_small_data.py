@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.parity import randomize_
+from helpers.parity import assert_cls_only_matches_full, randomize_
 
 from vit_lightning.errors import ConfigError
 from vit_lightning.models.layers import (
@@ -290,16 +290,7 @@ def test_attention_maps_of_an_lsa_model_show_0_on_the_diagonal():
 def test_lsa_cls_only_last_block_gives_the_full_forward():
     model = noisy(dict(OPTIONS["lsa"], drop_path_rate=0.3)).train()
     x = images()
-    outs = []
-    for fn in (model, lambda x: model.forward_head(model.forward_features(x))):
-        model.zero_grad()
-        torch.manual_seed(5)
-        y = fn(x)
-        y.square().sum().backward()
-        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-5)
-    for a, b in zip(outs[0][1], outs[1][1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_cls_only_matches_full(model, x)
 
 
 # --- what the plain ViT offers, with the options on ----------------------------------------------

@@ -5,7 +5,14 @@ embedding, which timm's ViT lacks, against timm's own builder."""
 import numpy as np
 import pytest
 import torch
-from helpers.parity import assert_loads_both_ways, close, images, pair, randomize_
+from helpers.parity import (
+    assert_cls_only_matches_full,
+    assert_loads_both_ways,
+    close,
+    images,
+    pair,
+    randomize_,
+)
 from timm.layers import build_sincos2d_pos_embed as timm_sincos
 from timm.models import vision_transformer as timm_vit
 from timm.optim._param_groups import param_groups_layer_decay
@@ -133,16 +140,7 @@ def test_registers_are_in_the_stem_group_and_not_decayed_like_timm(name):
 def test_cls_only_fast_path_reads_cls_before_the_registers(name, monkeypatch):
     model = randomize_(VisionTransformer(**VARIANTS[name], drop_path_rate=0.5)).train()
     x = images(6)
-    outs = []
-    for fn in (model, lambda x: model.forward_head(model.forward_features(x))):
-        model.zero_grad()
-        torch.manual_seed(5)
-        y = fn(x)
-        y.square().sum().backward()
-        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
-    close(outs[0][0], outs[1][0])
-    for a, b in zip(outs[0][1], outs[1][1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_cls_only_matches_full(model, x)
     calls = []
     block_forward = Block.forward
     monkeypatch.setattr(

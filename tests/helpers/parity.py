@@ -44,3 +44,19 @@ def assert_loads_both_ways(ours_cls: type, theirs_cls: type, cfg: dict) -> torch
         if getattr(ours2, "dynamic_img_size", False):
             close(ours2(images(2, (48, 40))), theirs(images(2, (48, 40))))
     return ours2
+
+
+def assert_cls_only_matches_full(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """`model(x)` (its last block computes [CLS] alone) against
+    `forward_head(forward_features(x))` (every token): the same logits, gradients and DropPath
+    draws, from the same seed."""
+    outs = []
+    for fn in (model, lambda x: model.forward_head(model.forward_features(x))):
+        model.zero_grad()
+        torch.manual_seed(5)
+        y = fn(x)
+        y.square().sum().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-5)
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -107,7 +107,11 @@ class PatchEmbed(nn.Module):
             self.img_size[1] // self.patch_size[1],
         )
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = self._projection(in_chans, embed_dim)
+
+    def _projection(self, in_chans: int, embed_dim: int) -> nn.Module:
+        p = self.patch_size
+        return nn.Conv2d(in_chans, embed_dim, kernel_size=p, stride=p)
 
     def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """The token grid for an (H, W) input: (H/p, W/p)."""
@@ -191,7 +195,7 @@ class ConvTokenizer(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, h*w, D), row-major over the grid
 
 
-class ShiftedPatchEmbed(nn.Module):
+class ShiftedPatchEmbed(PatchEmbed):
     """Shifted patch tokenization (SPT, Lee et al. 2021): the image and its 4 diagonal shifts by
     half a patch, stacked as 5C channels, cut into patches, then LayerNorm and Linear.
 
@@ -207,26 +211,11 @@ class ShiftedPatchEmbed(nn.Module):
         embed_dim: Token dimension D.
     """
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-    ) -> None:
-        super().__init__()
-        self.img_size = _pair(img_size)
-        self.patch_size = _pair(patch_size)
+    def _projection(self, in_chans: int, embed_dim: int) -> nn.Module:
         self.shift = (self.patch_size[0] // 2, self.patch_size[1] // 2)
-        self.grid_size = self.dynamic_feat_size(self.img_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
         patch_dim = 5 * in_chans * self.patch_size[0] * self.patch_size[1]
-        self.norm = nn.LayerNorm(patch_dim)
-        self.proj = nn.Linear(patch_dim, embed_dim)
-
-    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
-        """The token grid for an (H, W) input: (H/p, W/p)."""
-        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+        self.norm = nn.LayerNorm(patch_dim)  # registered before proj: the reference's key order
+        return nn.Linear(patch_dim, embed_dim)
 
     def shifted(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 5C, H, W): x, then 4 copies of it shifted by half a patch along

@@ -644,7 +644,7 @@ def checkpoint_filter_fn(
     state_dict = state_dict.get("model", state_dict)
     state_dict = state_dict.get("state_dict", state_dict)
     out = {}
-    patches = isinstance(model.patch_embed, PatchEmbed)  # SPT's proj is a Linear on 5C channels
+    patches = type(model.patch_embed) is PatchEmbed  # SPT (a subclass) projects with a Linear
     for k, v in state_dict.items():
         if "patch_embed.proj.weight" in k and patches:
             D, _, h, w = model.patch_embed.proj.weight.shape
