@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import io
 import json
 import math
 import sys
@@ -424,8 +425,6 @@ def write_csvs(t: Table, out: Path) -> list[Path]:
 
 
 def _csv_text(header: list[str], rows: list[dict[str, Any]]) -> str:
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
     writer.writeheader()
@@ -493,8 +492,6 @@ def plot(t: Table, out: Path) -> list[Path]:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    import io
-
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
