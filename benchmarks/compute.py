@@ -32,4 +32,5 @@ def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    argv, sys.argv[1:] = sys.argv[1:], []  # LightningCLI warns of command-line args beside args=
+    main(argv)

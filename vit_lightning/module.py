@@ -78,6 +78,10 @@ class ViTClassifier(L.LightningModule):
             student (`VisionTransformerDistilled`), else the class token's logits.
         distillation_alpha: Weight of the distillation loss; the label loss gets 1 - alpha.
         distillation_tau: Temperature of soft distillation.
+        tta: Test-time augmentation of `test` and `predict`: "flip" averages the logits of each
+            image and its left-right mirror (airbench's), for data where a mirror is still the
+            same class; test then also logs `test/acc_no_tta`, the plain prediction's accuracy.
+            Validation stays plain, so the val curve and the best checkpoint do not depend on it.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class ViTClassifier(L.LightningModule):
         distillation: Distillation = "none",
         distillation_alpha: float = 0.5,
         distillation_tau: float = 1.0,
+        tta: Literal["none", "flip"] = "none",
     ) -> None:
         super().__init__()
         non_negative = {
@@ -139,6 +144,8 @@ class ViTClassifier(L.LightningModule):
                 f"model.distillation_alpha={distillation_alpha} must be in [0, 1] and "
                 f"model.distillation_tau={distillation_tau} > 0",
             )
+        if tta not in ("none", "flip"):
+            raise ConfigError.of(self, f"model.tta={tta!r} must be none or flip")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             # AdamW would only object inside fit, after config.yaml and the W&B run exist
             raise ConfigError.of(
@@ -204,6 +211,7 @@ class ViTClassifier(L.LightningModule):
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_acc_no_tta = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.val_confmat = MulticlassConfusionMatrix(num_classes)  # for ValPictures
 
@@ -317,9 +325,18 @@ class ViTClassifier(L.LightningModule):
         self.log("train/loss_epoch", self.train_loss)
         self.log("train/acc", self.train_acc)
 
+    def _tta(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The logits of `tta`: the mean over the image and its mirror, or `logits` as they are."""
+        if self.hparams.tta == "none":
+            return logits
+        return (logits + self(x.flip(-1))) / 2
+
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
         logits = self(x)
+        if stage == "test" and self.hparams.tta != "none":
+            self.test_acc_no_tta.update(logits, y)
+            logits = self._tta(x, logits)
         # per-sample losses: the mean weighs every image once, whatever the batch (or rank) split
         getattr(self, f"{stage}_loss").update(F.cross_entropy(logits, y, reduction="none"))
         getattr(self, f"{stage}_acc").update(logits, y)
@@ -350,11 +367,14 @@ class ViTClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+        if self.hparams.tta != "none":
+            self.log("test/acc_no_tta", self.test_acc_no_tta)
 
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        return self(batch[0]).softmax(dim=-1)  # (B, num_classes) class probabilities
+        x = batch[0]
+        return self._tta(x, self(x)).softmax(dim=-1)  # (B, num_classes) class probabilities
 
     @property
     def global_batch_size(self) -> int | None:

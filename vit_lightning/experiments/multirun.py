@@ -35,7 +35,8 @@ python -m vit_lightning multirun --config configs/fashion_mnist.yaml \
 - Bad input stops it before anything runs (exit 2, one `error:` line): a key the config does not
   have, a value of the wrong type, an empty grid, a root folder that holds another experiment.
 
-A `compare` command that reads this folder is still to be built (issue 23).
+`python -m vit_lightning compare <root>` (or `--spec FILE`) reads this folder into a table
+of means and confidence intervals (`vit_lightning.experiments.compare`).
 """
 
 from __future__ import annotations

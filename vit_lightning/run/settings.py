@@ -31,9 +31,9 @@ from vit_lightning.errors import ConfigError
 from vit_lightning.run.checkpoints import EVAL_SUBCOMMANDS
 
 SUBCOMMANDS = ("fit", *EVAL_SUBCOMMANDS, "export")
-# model settings that change how the model runs (or, for pretrained, only a fresh start), not
-# what a resumed run computes: the user's value wins
-USER_WINS = ("model.compile", "model.pretrained", "model.grad_checkpointing")
+# model settings that change how the model runs (or, for pretrained, only a fresh start; for
+# tta, only test and predict), not what a resumed run computes: the user's value wins
+USER_WINS = ("model.compile", "model.pretrained", "model.grad_checkpointing", "model.tta")
 
 
 def config_files(args: list[str]) -> Iterator[str]:
